@@ -1,0 +1,218 @@
+"""The sampler contract and the one sampling loop.
+
+Every sampler is called the same way::
+
+    out = sampler.sample(model, shape=(n, 2), generator=g)   # or x_T=...; model_kwargs=...; callback=...
+    out.x, out.nfe
+
+A fixed-step sampler is a time grid plus a *step rule* (``step(ctx, x, interval)``), and the loop
+that walks the grid, checks the state, reports progress and finishes with the Tweedie denoise
+x̂_0(x, eps) lives once, here. Randomness comes only from ``generator``: x_T is drawn first as
+``sde.prior_sample(shape, generator)``, then each stochastic step draws one
+``torch.randn(x.shape, generator=generator)`` in step order.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..model import Prediction, ScoreModel
+from ..sde import LinearSDE, randn
+from .grids import GridLike, make_grid
+
+Callback = Callable[[Dict[str, Any]], None]
+
+
+class NonFiniteError(FloatingPointError):
+    """NaN or Inf appeared in the sampler state; the message names the step and the time."""
+
+
+@dataclass
+class Samples:
+    """What every sampler returns."""
+
+    x: Tensor  #: the samples
+    nfe: int  #: network evaluations used (the final denoise included)
+    times: Tensor  #: the times the state visited, float64, from T down
+    trajectory: Optional[List[Tensor]] = None  #: states at ``times`` (only when asked for)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One step of a grid, from t down to s < t, with the schedule at both ends (float64 numbers)."""
+
+    i: int
+    t: float
+    s: float
+    alpha_t: float
+    sigma_t: float
+    alpha_s: float
+    sigma_s: float
+    f_t: float
+    g2_t: float
+    lambda_t: float
+    lambda_s: float
+
+    @property
+    def dt(self) -> float:
+        """s − t (negative: time runs backwards)."""
+        return self.s - self.t
+
+    @property
+    def h(self) -> float:
+        """λ_s − λ_t > 0: the step in log-SNR."""
+        return self.lambda_s - self.lambda_t
+
+    @property
+    def alpha_ts(self) -> float:
+        """α_{t|s} = α_t/α_s of the forward kernel x_t | x_s."""
+        return self.alpha_t / self.alpha_s
+
+    @property
+    def var_ts(self) -> float:
+        """σ²_{t|s} = σ_t² − α_{t|s}² σ_s² of the forward kernel x_t | x_s."""
+        return max(self.sigma_t**2 - self.alpha_ts**2 * self.sigma_s**2, 0.0)
+
+
+def intervals(sde: LinearSDE, ts: Tensor) -> List[Interval]:
+    """The schedule along a decreasing grid, computed once in float64."""
+    log_alpha, log_sigma = sde._log_alpha(ts), sde._log_sigma(ts)
+    alpha, sigma, lam = log_alpha.exp().tolist(), log_sigma.exp().tolist(), (log_alpha - log_sigma).tolist()
+    f, g2, t = sde._f(ts).tolist(), sde._g2(ts).tolist(), ts.tolist()
+    return [
+        Interval(i, t[i], t[i + 1], alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], f[i], g2[i], lam[i], lam[i + 1])
+        for i in range(len(t) - 1)
+    ]
+
+
+class SamplingContext:
+    """Per-call state: the model, its kwargs, the generator, the NFE count, and scratch for multistep rules."""
+
+    def __init__(self, model: ScoreModel, model_kwargs: Optional[Dict[str, Any]], generator: Optional[torch.Generator]):
+        self.model = model
+        self.sde = model.sde
+        self.model_kwargs = model_kwargs or {}
+        self.generator = generator
+        self.nfe = 0
+        self.state: Dict[str, Any] = {}
+
+    def predict(self, x: Tensor, t: float) -> Prediction:
+        """One network evaluation at the scalar time t (counted)."""
+        self.nfe += 1
+        return self.model._predict(x, torch.tensor(t, dtype=torch.float64), self.model_kwargs)
+
+    def score(self, x: Tensor, t: float) -> Tensor:
+        return self.predict(x, t).score
+
+    def eps(self, x: Tensor, t: float) -> Tensor:
+        return self.predict(x, t).eps
+
+    def x0(self, x: Tensor, t: float) -> Tensor:
+        return self.predict(x, t).x0
+
+    def noise(self, x: Tensor) -> Tensor:
+        """One ``torch.randn(x.shape, generator=generator)``, on x's device and dtype."""
+        return randn(x.shape, self.generator, x.device, x.dtype)
+
+
+class Sampler(ABC):
+    """Base of every sampler: validates the call, draws x_T, runs ``_run`` without autograd."""
+
+    #: the registry name (``samplers.get(name)``)
+    name: str = ""
+
+    def sample(
+        self,
+        model: ScoreModel,
+        shape: Optional[Sequence[int]] = None,
+        x_T: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        callback: Optional[Callback] = None,
+        return_trajectory: bool = False,
+        device: Optional[torch.device | str] = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Samples:
+        """Draw samples from ``model`` by integrating from T (x_T, or a prior draw of ``shape``) to eps."""
+        if not isinstance(model, ScoreModel):
+            raise TypeError(f"model must be a sde_diffusion.ScoreModel, got {type(model).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable callback(info: dict)")
+        x = self._initial_state(model, shape, x_T, generator, device, dtype)
+        ctx = SamplingContext(model, model_kwargs, generator)
+        trajectory: Optional[List[Tensor]] = [x] if return_trajectory else None
+        with torch.no_grad():
+            x, times = self._run(ctx, x, callback, trajectory)
+        return Samples(x=x, nfe=ctx.nfe, times=times, trajectory=trajectory)
+
+    @staticmethod
+    def _initial_state(model, shape, x_T, generator, device, dtype) -> Tensor:
+        if x_T is not None:
+            if not isinstance(x_T, Tensor) or not x_T.is_floating_point():
+                raise TypeError("x_T must be a floating-point tensor")
+            if shape is not None and tuple(shape) != tuple(x_T.shape):
+                raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
+            if x_T.dim() < 1 or x_T.shape[0] == 0:
+                raise ValueError(f"x_T must have a non-empty batch dimension, got shape {tuple(x_T.shape)}")
+            if not torch.isfinite(x_T).all():
+                raise ValueError("x_T contains NaN or Inf")
+            return x_T
+        if shape is None:
+            raise ValueError("either shape or x_T must be given")
+        if device is None:
+            param = next(iter(model.parameters()), None)
+            device = param.device if param is not None else "cpu"
+        return model.sde.prior_sample(shape, generator, device=device, dtype=dtype)
+
+    @abstractmethod
+    def _run(self, ctx: SamplingContext, x: Tensor, callback: Optional[Callback], trajectory: Optional[List[Tensor]]):
+        """Integrate from T to the end; return (x, times visited)."""
+
+    def _visit(self, x: Tensor, i: int, t_from: float, t_to: float, callback, trajectory) -> None:
+        """After each step: stop on NaN/Inf, record, report."""
+        if not torch.isfinite(x).all():
+            raise NonFiniteError(
+                f"{type(self).__name__}: NaN or Inf in the state after step {i} (t = {t_from:.6g} -> {t_to:.6g})"
+            )
+        if trajectory is not None:
+            trajectory.append(x)
+        if callback is not None:
+            callback({"i": i, "t": t_to, "x": x})
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+class FixedStepSampler(Sampler):
+    """A time grid and a step rule; subclasses implement :meth:`step` beside its equation."""
+
+    def __init__(self, steps: int = 1000, grid: GridLike = "uniform", denoise: bool = True):
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps}")
+        self.steps = int(steps)
+        self.grid = grid
+        self.denoise = bool(denoise)
+
+    def times(self, sde: LinearSDE) -> Tensor:
+        """The decreasing grid this sampler walks (an explicit tensor overrides ``steps``)."""
+        return make_grid(self.grid, sde, self.steps)
+
+    def _run(self, ctx, x, callback, trajectory):
+        ts = self.times(ctx.sde)
+        for interval in intervals(ctx.sde, ts):
+            x = self.step(ctx, x, interval)
+            self._visit(x, interval.i, interval.t, interval.s, callback, trajectory)
+        if self.denoise:
+            x = ctx.x0(x, float(ts[-1]))
+            self._visit(x, len(ts) - 1, float(ts[-1]), 0.0, callback, trajectory)
+            ts = torch.cat([ts, ts.new_zeros(1)])
+        return x, ts
+
+    @abstractmethod
+    def step(self, ctx: SamplingContext, x: Tensor, interval: Interval) -> Tensor:
+        """Advance x from interval.t to interval.s."""
