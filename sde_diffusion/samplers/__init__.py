@@ -7,14 +7,19 @@ from __future__ import annotations
 from typing import Dict, List, Type
 
 from . import grids
+from .adaptive_ode import AdaptiveDPMSolver
+from .adaptive_sde import AdaptiveSDE
 from .base import FixedStepSampler, Interval, NonFiniteError, Sampler, Samples, SamplingContext
 from .ddim import DDIM
+from .dpm_solver import DPMSolver
 from .ddpm import DDPM
 from .euler_maruyama import EulerMaruyama
+from .heun import Heun
 from .predictor_corrector import PredictorCorrector
 from .probability_flow import ProbabilityFlowODE
 from .reverse_diffusion import ReverseDiffusion
 from .torchsde_adapter import TorchSDE
+from .unipc import UniPC
 
 REGISTRY: Dict[str, Type[Sampler]] = {}
 
@@ -27,7 +32,7 @@ def register(cls: Type[Sampler]) -> Type[Sampler]:
     return cls
 
 
-for _cls in (EulerMaruyama, ReverseDiffusion, PredictorCorrector, ProbabilityFlowODE, TorchSDE, DDPM, DDIM):
+for _cls in (EulerMaruyama, ReverseDiffusion, PredictorCorrector, ProbabilityFlowODE, TorchSDE, DDPM, DDIM, DPMSolver, UniPC, Heun, AdaptiveDPMSolver, AdaptiveSDE):
     register(_cls)
 
 
@@ -45,6 +50,6 @@ def get(name: str, **kwargs) -> Sampler:
 
 __all__ = [
     "Sampler", "FixedStepSampler", "Samples", "SamplingContext", "Interval", "NonFiniteError", "grids",
-    "EulerMaruyama", "ReverseDiffusion", "PredictorCorrector", "ProbabilityFlowODE", "TorchSDE", "DDPM", "DDIM",
+    "EulerMaruyama", "ReverseDiffusion", "PredictorCorrector", "ProbabilityFlowODE", "TorchSDE", "DDPM", "DDIM", "DPMSolver", "UniPC", "Heun", "AdaptiveDPMSolver", "AdaptiveSDE",
     "register", "available", "get",
 ]

@@ -13,18 +13,21 @@ x̂_0(x, eps) lives once, here. Randomness comes only from ``generator``: x_T is
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from .._checks import per_sample
 from ..model import Prediction, ScoreModel
 from ..sde import LinearSDE, randn
 from .grids import GridLike, make_grid
 
 Callback = Callable[[Dict[str, Any]], None]
+X0Transform = Callable[[Tensor], Tensor]
 
 
 class NonFiniteError(FloatingPointError):
@@ -92,31 +95,95 @@ def intervals(sde: LinearSDE, ts: Tensor) -> List[Interval]:
 class SamplingContext:
     """Per-call state: the model, its kwargs, the generator, the NFE count, and scratch for multistep rules."""
 
-    def __init__(self, model: ScoreModel, model_kwargs: Optional[Dict[str, Any]], generator: Optional[torch.Generator]):
+    def __init__(
+        self,
+        model: ScoreModel,
+        model_kwargs: Optional[Dict[str, Any]],
+        generator: Optional[torch.Generator],
+        x0_transform: Optional[X0Transform] = None,
+        callback: Optional[Callback] = None,
+        trajectory: Optional[List[Tensor]] = None,
+        owner: str = "sampler",
+    ):
         self.model = model
         self.sde = model.sde
         self.model_kwargs = model_kwargs or {}
         self.generator = generator
+        self.x0_transform = x0_transform
+        self.callback = callback
+        self.trajectory = trajectory
+        self.guard = FiniteGuard(owner)
         self.nfe = 0
         self.state: Dict[str, Any] = {}
 
-    def predict(self, x: Tensor, t: float) -> Prediction:
-        """One network evaluation at the scalar time t (counted)."""
+    def predict(self, x: Tensor, t: Union[float, Tensor]) -> Prediction:
+        """One network evaluation (counted) at time t: a float, or a float64 tensor of shape (batch,)."""
         self.nfe += 1
-        return self.model._predict(x, torch.tensor(t, dtype=torch.float64), self.model_kwargs)
+        t64 = t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64)
+        pred = self.model._predict(x, t64, self.model_kwargs)
+        if self.x0_transform is None:
+            return pred
+        x0 = self.x0_transform(pred.x0)
+        alpha = per_sample(self.sde._log_alpha(t64).exp(), x)
+        sigma = per_sample(self.sde._log_sigma(t64).exp(), x)
+        eps = (x - alpha * x0) / sigma
+        return Prediction(eps, x0, -eps / sigma)
 
-    def score(self, x: Tensor, t: float) -> Tensor:
+    def score(self, x: Tensor, t: Union[float, Tensor]) -> Tensor:
         return self.predict(x, t).score
 
-    def eps(self, x: Tensor, t: float) -> Tensor:
+    def eps(self, x: Tensor, t: Union[float, Tensor]) -> Tensor:
         return self.predict(x, t).eps
 
-    def x0(self, x: Tensor, t: float) -> Tensor:
+    def x0(self, x: Tensor, t: Union[float, Tensor]) -> Tensor:
         return self.predict(x, t).x0
 
     def noise(self, x: Tensor) -> Tensor:
         """One ``torch.randn(x.shape, generator=generator)``, on x's device and dtype."""
         return randn(x.shape, self.generator, x.device, x.dtype)
+
+    def visit(self, x: Tensor, i: int, t_from: float, t_to: float) -> None:
+        """After each step: stop on NaN/Inf, record the state, report to the callback."""
+        self.guard(x, i, t_from, t_to)
+        if self.trajectory is not None:
+            self.trajectory.append(x)
+        if self.callback is not None:
+            self.callback({"i": i, "t": t_to, "x": x})
+
+
+class FiniteGuard:
+    """Stops sampling at the first NaN/Inf, naming the step and t.
+
+    The test is ``isfinite(x.sum())`` (one read of the state; NaN and ±Inf propagate into the sum).
+    On CPU it is checked at once; on an accelerator the sums are queued and checked every
+    ``every`` steps, so the loop does not synchronise with the device at each step.
+    """
+
+    def __init__(self, owner: str, every: int = 16):
+        self.owner, self.every = owner, every
+        self._pending: List[tuple] = []
+
+    def __call__(self, x: Tensor, i: int, t_from: float, t_to: float) -> None:
+        total = x.sum()
+        if x.device.type == "cpu":
+            if not math.isfinite(float(total)) and not torch.isfinite(x).all():
+                self._fail(i, t_from, t_to)
+            return
+        self._pending.append((total, i, t_from, t_to))
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        finite = torch.isfinite(torch.stack([p[0] for p in self._pending])).tolist()
+        pending, self._pending = self._pending, []
+        for ok, (_, i, t_from, t_to) in zip(finite, pending):
+            if not ok:
+                self._fail(i, t_from, t_to)
+
+    def _fail(self, i: int, t_from: float, t_to: float) -> None:
+        raise NonFiniteError(f"{self.owner}: NaN or Inf in the state after step {i} (t = {t_from:.6g} -> {t_to:.6g})")
 
 
 class Sampler(ABC):
@@ -124,6 +191,8 @@ class Sampler(ABC):
 
     #: the registry name (``samplers.get(name)``)
     name: str = ""
+    #: optional clipping of x̂_0 (see :mod:`.thresholding`); off by default
+    thresholding: Optional[X0Transform] = None
 
     def sample(
         self,
@@ -143,10 +212,11 @@ class Sampler(ABC):
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable callback(info: dict)")
         x = self._initial_state(model, shape, x_T, generator, device, dtype)
-        ctx = SamplingContext(model, model_kwargs, generator)
         trajectory: Optional[List[Tensor]] = [x] if return_trajectory else None
+        ctx = SamplingContext(model, model_kwargs, generator, self.thresholding, callback, trajectory, type(self).__name__)
         with torch.no_grad():
-            x, times = self._run(ctx, x, callback, trajectory)
+            x, times = self._run(ctx, x)
+        ctx.guard.flush()
         return Samples(x=x, nfe=ctx.nfe, times=times, trajectory=trajectory)
 
     @staticmethod
@@ -169,19 +239,8 @@ class Sampler(ABC):
         return model.sde.prior_sample(shape, generator, device=device, dtype=dtype)
 
     @abstractmethod
-    def _run(self, ctx: SamplingContext, x: Tensor, callback: Optional[Callback], trajectory: Optional[List[Tensor]]):
-        """Integrate from T to the end; return (x, times visited)."""
-
-    def _visit(self, x: Tensor, i: int, t_from: float, t_to: float, callback, trajectory) -> None:
-        """After each step: stop on NaN/Inf, record, report."""
-        if not torch.isfinite(x).all():
-            raise NonFiniteError(
-                f"{type(self).__name__}: NaN or Inf in the state after step {i} (t = {t_from:.6g} -> {t_to:.6g})"
-            )
-        if trajectory is not None:
-            trajectory.append(x)
-        if callback is not None:
-            callback({"i": i, "t": t_to, "x": x})
+    def _run(self, ctx: SamplingContext, x: Tensor):
+        """Integrate from T to the end, calling ``ctx.visit`` after each step; return (x, times visited)."""
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -191,28 +250,43 @@ class Sampler(ABC):
 class FixedStepSampler(Sampler):
     """A time grid and a step rule; subclasses implement :meth:`step` beside its equation."""
 
-    def __init__(self, steps: int = 1000, grid: GridLike = "uniform", denoise: bool = True):
+    def __init__(
+        self,
+        steps: int = 1000,
+        grid: GridLike = "uniform",
+        denoise: bool = True,
+        thresholding: Optional[X0Transform] = None,
+    ):
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps}")
+        if thresholding is not None and not callable(thresholding):
+            raise TypeError("thresholding must be None or callable x0 -> x0 (StaticThreshold, DynamicThreshold)")
         self.steps = int(steps)
         self.grid = grid
         self.denoise = bool(denoise)
+        self.thresholding = thresholding
 
     def times(self, sde: LinearSDE) -> Tensor:
         """The decreasing grid this sampler walks (an explicit tensor overrides ``steps``)."""
         return make_grid(self.grid, sde, self.steps)
 
-    def _run(self, ctx, x, callback, trajectory):
+    def _run(self, ctx, x):
         ts = self.times(ctx.sde)
         for interval in intervals(ctx.sde, ts):
             x = self.step(ctx, x, interval)
-            self._visit(x, interval.i, interval.t, interval.s, callback, trajectory)
-        if self.denoise:
-            x = ctx.x0(x, float(ts[-1]))
-            self._visit(x, len(ts) - 1, float(ts[-1]), 0.0, callback, trajectory)
-            ts = torch.cat([ts, ts.new_zeros(1)])
-        return x, ts
+            ctx.visit(x, interval.i, interval.t, interval.s)
+        return finish(ctx, x, ts, self.denoise)
 
     @abstractmethod
     def step(self, ctx: SamplingContext, x: Tensor, interval: Interval) -> Tensor:
         """Advance x from interval.t to interval.s."""
+
+
+def finish(ctx: SamplingContext, x: Tensor, ts: Tensor, denoise: bool):
+    """End of every sampler: optionally the Tweedie denoise x̂_0(x, t_end) (one counted evaluation)."""
+    if not denoise:
+        return x, ts
+    t_end = float(ts[-1])
+    x = ctx.x0(x, t_end)
+    ctx.visit(x, len(ts) - 1, t_end, 0.0)
+    return x, torch.cat([ts, ts.new_zeros(1)])

@@ -20,8 +20,8 @@ class DDIM(FixedStepSampler):
 
     name = "ddim"
 
-    def __init__(self, steps: int = 50, eta: float = 0.0, grid: GridLike = "uniform", denoise: bool = True):
-        super().__init__(steps=steps, grid=grid, denoise=denoise)
+    def __init__(self, steps: int = 50, eta: float = 0.0, grid: GridLike = "uniform", denoise: bool = True, thresholding=None):
+        super().__init__(steps=steps, grid=grid, denoise=denoise, thresholding=thresholding)
         eta = float(eta)
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {eta}")

@@ -35,8 +35,8 @@ class DDPM(FixedStepSampler):
 
     name = "ddpm"
 
-    def __init__(self, steps: Optional[int] = None, grid: GridLike = "uniform", denoise: bool = True):
-        super().__init__(steps=1000 if steps is None else steps, grid=grid, denoise=denoise)
+    def __init__(self, steps: Optional[int] = None, grid: GridLike = "uniform", denoise: bool = True, thresholding=None):
+        super().__init__(steps=1000 if steps is None else steps, grid=grid, denoise=denoise, thresholding=thresholding)
         self._native_steps = steps is None
 
     def times(self, sde: LinearSDE) -> torch.Tensor:

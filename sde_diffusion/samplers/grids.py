@@ -5,6 +5,7 @@ fixed-step sampler takes a grid name, such a function, or an explicit tensor of 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Union
 
 import torch
@@ -36,7 +37,25 @@ def log_snr(sde: LinearSDE, steps: int) -> Tensor:
     return t
 
 
-GRIDS: Dict[str, GridFn] = {"uniform": uniform, "quadratic": quadratic, "log_snr": log_snr}
+def karras(rho: float = 7.0) -> GridFn:
+    """EDM's grid (Karras et al. 2022, eq. 5) in σ̃ = σ/α: σ̃_i = (σ̃_max^{1/ρ} + i/N (σ̃_min^{1/ρ} − σ̃_max^{1/ρ}))^ρ."""
+    if not float(rho) > 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+
+    def grid(sde: LinearSDE, steps: int) -> Tensor:
+        lam_T, lam_eps = sde._log_snr(torch.tensor([sde.T, sde.eps], dtype=torch.float64)).tolist()
+        inv_max, inv_min = math.exp(-lam_T / rho), math.exp(-lam_eps / rho)  # σ̃^{1/ρ} with σ̃ = e^{−λ}
+        ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        lam = -rho * torch.log(inv_max + ramp * (inv_min - inv_max))
+        t = sde._t_of_log_snr(lam).clamp(sde.eps, sde.T)
+        t[0], t[-1] = sde.T, sde.eps
+        return t
+
+    grid.__name__ = f"karras_rho{rho:g}"
+    return grid
+
+
+GRIDS: Dict[str, GridFn] = {"uniform": uniform, "quadratic": quadratic, "log_snr": log_snr, "karras": karras(7.0)}
 
 
 def register_grid(name: str, fn: GridFn) -> None:

@@ -55,8 +55,9 @@ class PredictorCorrector(FixedStepSampler):
         steps: int = 1000,
         grid: GridLike = "uniform",
         denoise: bool = True,
+        thresholding=None,
     ):
-        super().__init__(steps=steps, grid=grid, denoise=denoise)
+        super().__init__(steps=steps, grid=grid, denoise=denoise, thresholding=thresholding)
         if predictor not in PREDICTORS:
             raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {predictor!r}")
         if corrector not in CORRECTORS:

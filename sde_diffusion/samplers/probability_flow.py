@@ -16,7 +16,7 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .grids import GridLike, make_grid
-from .base import NonFiniteError, Sampler
+from .base import NonFiniteError, Sampler, finish
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 ADAPTIVE_METHODS = tuple(m for m in SOLVERS if m not in FIXED_GRID_METHODS)
@@ -36,6 +36,7 @@ class ProbabilityFlowODE(Sampler):
         grid: GridLike = "uniform",
         denoise: bool = True,
         options: Optional[Dict[str, Any]] = None,
+        thresholding=None,
     ):
         if method not in SOLVERS:
             raise ValueError(f"method must be one of torchdiffeq's {sorted(SOLVERS)}, got {method!r}")
@@ -47,12 +48,13 @@ class ProbabilityFlowODE(Sampler):
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
         self.steps, self.grid, self.denoise = int(steps), grid, bool(denoise)
         self.options = dict(options or {})
+        self.thresholding = thresholding
 
     @property
     def fixed_grid(self) -> bool:
         return self.method in FIXED_GRID_METHODS
 
-    def _run(self, ctx, x, callback, trajectory):
+    def _run(self, ctx, x):
         sde = ctx.sde
         grid = make_grid(self.grid, sde, self.steps) if self.fixed_grid else torch.tensor([sde.T, sde.eps], dtype=torch.float64)
 
@@ -71,10 +73,5 @@ class ProbabilityFlowODE(Sampler):
             options.setdefault("grid_constructor", lambda func, y0, t: grid.to(y0.device))
         ends = grid[[0, -1]]
         x = odeint(drift, x, ends.to(x.device), method=self.method, rtol=self.rtol, atol=self.atol, options=options)[-1]
-        self._visit(x, 0, float(ends[0]), t_end, callback, trajectory)
-        times = ends
-        if self.denoise:
-            x = ctx.x0(x, t_end)
-            self._visit(x, 1, t_end, 0.0, callback, trajectory)
-            times = torch.cat([times, times.new_zeros(1)])
-        return x, times
+        ctx.visit(x, 0, float(ends[0]), t_end)
+        return finish(ctx, x, ends, self.denoise)

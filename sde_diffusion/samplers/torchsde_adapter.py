@@ -23,7 +23,7 @@ import torchsde
 from scipy.interpolate import PchipInterpolator
 from torch import Tensor
 
-from .base import NonFiniteError, Sampler, SamplingContext
+from .base import NonFiniteError, Sampler, SamplingContext, finish
 from .grids import GridLike, make_grid
 
 ITO_METHODS = ("euler", "milstein", "srk")
@@ -76,6 +76,7 @@ class TorchSDE(Sampler):
         grid: GridLike = "uniform",
         denoise: bool = True,
         options: Optional[Dict[str, Any]] = None,
+        thresholding=None,
     ):
         if method not in ITO_METHODS + STRATONOVICH_METHODS:
             raise ValueError(f"method must be one of {sorted(ITO_METHODS + STRATONOVICH_METHODS)}, got {method!r}")
@@ -83,10 +84,11 @@ class TorchSDE(Sampler):
             raise ValueError(f"steps must be a positive integer, got {steps}")
         self.method, self.steps, self.grid, self.denoise = method, int(steps), grid, bool(denoise)
         self.options = dict(options or {})
+        self.thresholding = thresholding
         if method == "milstein":
             self.options.setdefault("grad_free", True)  # g does not depend on x: the correction vanishes
 
-    def _run(self, ctx, x, callback, trajectory):
+    def _run(self, ctx, x):
         grid = make_grid(self.grid, ctx.sde, self.steps)
         n_steps = grid.numel() - 1
         sde_type = "ito" if self.method in ITO_METHODS else "stratonovich"
@@ -100,11 +102,5 @@ class TorchSDE(Sampler):
         us = torch.tensor([0.0, 1.0], dtype=y0.dtype, device=y0.device)
         y = torchsde.sdeint(model, y0, us, bm=bm, method=self.method, dt=1.0 / n_steps, options=self.options)[-1]
         x = y.reshape(x.shape)
-        t_end = float(grid[-1])
-        self._visit(x, n_steps - 1, float(grid[0]), t_end, callback, trajectory)
-        times = grid
-        if self.denoise:
-            x = ctx.x0(x, t_end)
-            self._visit(x, n_steps, t_end, 0.0, callback, trajectory)
-            times = torch.cat([grid, grid.new_zeros(1)])
-        return x, times
+        ctx.visit(x, n_steps - 1, float(grid[0]), float(grid[-1]))
+        return finish(ctx, x, grid, self.denoise)

@@ -32,7 +32,11 @@ class CosineVPSDE(LinearSDE):
         return (t + self.s) / (1 + self.s) * (math.pi / 2)
 
     def _log_alpha(self, t: Tensor) -> Tensor:
-        return torch.log(torch.cos(self._theta(t))) - math.log(math.cos(self.s / (1 + self.s) * math.pi / 2))
+        # α = cos(θ0 + δ)/cos θ0 = 1 − 2 sin²(δ/2) − tan θ0 sin δ with δ = θ(t) − θ(0): exact at t = 0
+        # (log cos θ(t) − log cos θ0 rounds to ±1e-19 there, which made σ(0) NaN) and accurate for small t.
+        delta = t / (1 + self.s) * (math.pi / 2)
+        tan0 = math.tan(self.s / (1 + self.s) * math.pi / 2)
+        return torch.log1p(-2 * torch.sin(0.5 * delta) ** 2 - tan0 * torch.sin(delta)).clamp_max(0.0)
 
     def _log_sigma(self, t: Tensor) -> Tensor:
         return 0.5 * torch.log(-torch.expm1(2 * self._log_alpha(t)))
