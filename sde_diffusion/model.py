@@ -7,7 +7,7 @@ With x_t = α x_0 + σ ε every view follows from any one (Ho et al. 2020; Salim
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -19,12 +19,48 @@ PREDICTIONS = ("eps", "score", "x0", "v")
 TIME_INPUTS = ("continuous", "index")
 
 
-class Prediction(NamedTuple):
-    """Every view of one network evaluation."""
+Coef = Union[float, Tensor]
 
-    eps: Tensor
-    x0: Tensor
-    score: Tensor
+
+class Prediction:
+    """Every view (ε, x̂_0, score) of one network evaluation at x, each computed on first use.
+
+    Built from whichever views are known; the rest follow from x = α x̂_0 + σ ε and s = −ε/σ.
+    A sampler that needs only one view pays for no other.
+    """
+
+    __slots__ = ("x", "alpha", "sigma", "_eps", "_x0", "_score")
+
+    def __init__(self, x: Tensor, alpha: Coef, sigma: Coef, eps: Optional[Tensor] = None,
+                 x0: Optional[Tensor] = None, score: Optional[Tensor] = None):
+        if eps is None and x0 is None and score is None:
+            raise ValueError("Prediction needs at least one of eps, x0, score")
+        self.x, self.alpha, self.sigma = x, alpha, sigma
+        self._eps, self._x0, self._score = eps, x0, score
+
+    @property
+    def eps(self) -> Tensor:
+        if self._eps is None:
+            if self._x0 is not None:
+                self._eps = (self.x - self.alpha * self._x0) / self.sigma
+            else:
+                self._eps = -self.sigma * self._score
+        return self._eps
+
+    @property
+    def x0(self) -> Tensor:
+        if self._x0 is None:
+            if self._score is not None and self._eps is None:
+                self._x0 = (self.x + self.sigma**2 * self._score) / self.alpha
+            else:
+                self._x0 = (self.x - self.sigma * self.eps) / self.alpha
+        return self._x0
+
+    @property
+    def score(self) -> Tensor:
+        if self._score is None:
+            self._score = self.eps * (-1.0 / self.sigma)
+        return self._score
 
 
 class _ScoreFn(nn.Module):
@@ -111,23 +147,21 @@ class ScoreModel(nn.Module):
         return f"prediction={self.prediction!r}, time_input={self.time_input!r}, sde={self.sde!r}"
 
 
-def _from_eps(eps: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
-    return Prediction(eps, (x - sigma * eps) / alpha, -eps / sigma)
+def _from_eps(eps: Tensor, x: Tensor, alpha: Coef, sigma: Coef) -> Prediction:
+    return Prediction(x, alpha, sigma, eps=eps)
 
 
-def _from_score(score: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
-    return Prediction(-sigma * score, (x + sigma**2 * score) / alpha, score)
+def _from_score(score: Tensor, x: Tensor, alpha: Coef, sigma: Coef) -> Prediction:
+    return Prediction(x, alpha, sigma, score=score)
 
 
-def _from_x0(x0: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
-    eps = (x - alpha * x0) / sigma
-    return Prediction(eps, x0, -eps / sigma)
+def _from_x0(x0: Tensor, x: Tensor, alpha: Coef, sigma: Coef) -> Prediction:
+    return Prediction(x, alpha, sigma, x0=x0)
 
 
-def _from_v(v: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor) -> Prediction:
+def _from_v(v: Tensor, x: Tensor, alpha: Coef, sigma: Coef) -> Prediction:
     norm = alpha**2 + sigma**2
-    eps = (sigma * x + alpha * v) / norm
-    return Prediction(eps, (alpha * x - sigma * v) / norm, -eps / sigma)
+    return Prediction(x, alpha, sigma, eps=(sigma * x + alpha * v) / norm, x0=(alpha * x - sigma * v) / norm)
 
 
 _CONVERT = {"eps": _from_eps, "score": _from_score, "x0": _from_x0, "v": _from_v}

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import types
+import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -147,7 +148,9 @@ def run_k_diffusion(sampler: str, model: ScoreModel, x_T: Tensor, sigmas: Option
     alpha_T = float(sde._log_alpha(torch.tensor(sde.T, dtype=torch.float64)).exp())
     x = x_T / alpha_T
     fn = getattr(kd, f"sample_{sampler}")
-    with seeded_global_rng(seed):
+    with seeded_global_rng(seed), warnings.catch_warnings():
+        # torchsde's Brownian tree warns when float32 σ̃ ends round a hair outside its float64 interval
+        warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
         if sampler in ("dpm_fast", "dpm_adaptive"):
             s_min, s_max = denoiser.sigma_tilde(sde.eps), denoiser.sigma_tilde(sde.T)
             out = fn(denoiser, x, s_min, s_max, disable=True, **kwargs)

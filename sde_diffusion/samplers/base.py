@@ -21,7 +21,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import per_sample
 from ..model import Prediction, ScoreModel
 from ..sde import LinearSDE, randn
 from .grids import GridLike, make_grid
@@ -123,11 +122,7 @@ class SamplingContext:
         pred = self.model._predict(x, t64, self.model_kwargs)
         if self.x0_transform is None:
             return pred
-        x0 = self.x0_transform(pred.x0)
-        alpha = per_sample(self.sde._log_alpha(t64).exp(), x)
-        sigma = per_sample(self.sde._log_sigma(t64).exp(), x)
-        eps = (x - alpha * x0) / sigma
-        return Prediction(eps, x0, -eps / sigma)
+        return Prediction(x, pred.alpha, pred.sigma, x0=self.x0_transform(pred.x0))
 
     def score(self, x: Tensor, t: Union[float, Tensor]) -> Tensor:
         return self.predict(x, t).score
