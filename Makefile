@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[dev]"
+	# k-diffusion is a peer in tests and benchmarks; only its sampling module is used, and its own
+	# dependency list (torchvision, wandb, clip, …) is not needed for that, hence --no-deps.
+	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,6 +31,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m sde_diffusion bench solvers
+	$(PY) -m sde_diffusion bench overhead
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .hypothesis

@@ -24,14 +24,13 @@ import os
 import sys
 import types
 import warnings
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..model import ScoreModel
-from ..sde import LinearSDE
 
 _KDIFF_CACHE: Dict[str, Optional[types.ModuleType]] = {}
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._checks import per_sample
-from .base import Sampler, SamplingContext, finish
+from .base import NonFiniteError, Sampler, SamplingContext, finish
 
 
 class AdaptiveSDE(Sampler):
@@ -72,6 +72,8 @@ class AdaptiveSDE(Sampler):
             x_heun = 0.5 * (x_em + x - per_sample(h, x) * drift2 + root_h * g2 * z)
             delta = torch.clamp_min(self.rtol * torch.maximum(x_em.abs(), x_prev.abs()), self.atol)
             err = ((x_em - x_heun) / delta).reshape(batch, -1).pow(2).mean(1).sqrt().double().cpu()
+            if not torch.isfinite(err[active]).all():  # a NaN proposal would be rejected forever, and h turn NaN
+                raise NonFiniteError(f"{type(self).__name__}: NaN or Inf in the proposal at step {i} (t = {float(t[active].max()):.6g})")
             accept = active & (err <= 1.0)
             keep = per_sample(accept.to(x.device), x).bool()
             x_prev = torch.where(keep, x, x_prev)

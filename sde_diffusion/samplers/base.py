@@ -267,6 +267,7 @@ class FixedStepSampler(Sampler):
 
     def _run(self, ctx, x):
         ts = self.times(ctx.sde)
+        ctx.state["steps"] = len(ts) - 1  # the steps actually walked (an explicit grid overrides ``steps``)
         for interval in intervals(ctx.sde, ts):
             x = self.step(ctx, x, interval)
             ctx.visit(x, interval.i, interval.t, interval.s)

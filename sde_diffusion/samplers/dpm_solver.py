@@ -71,10 +71,11 @@ class DPMSolver(FixedStepSampler):
         x, noise_std = exp_update(x, start, end, terms, self.prediction, self.eta, midpoint)
         return x + noise_std * ctx.noise(x) if noise_std > 0 and noise_ok else x
 
-    def _step_order(self, i: int) -> int:
+    def _step_order(self, i: int, steps: int) -> int:
+        """Order of step i of ``steps``: warm-up from 1, and lower at the end of short runs (< 15 steps)."""
         order = min(self.order, i + 1)
-        if self.lower_order_final and self.steps < 15:
-            order = min(order, self.steps - i)
+        if self.lower_order_final and steps < 15:
+            order = min(order, steps - i)
         return order
 
     # ----- the step -----
@@ -90,7 +91,7 @@ class DPMSolver(FixedStepSampler):
         history = ctx.state.setdefault("history", [])  # [(λ, prediction)], newest first
         history.insert(0, (start.lam, y0))
         del history[self.order:]
-        k = self._step_order(i)
+        k = self._step_order(i, ctx.state["steps"])
         terms = derivatives([lam for lam, _ in history[:k]], [y for _, y in history[:k]])
         return self._update(ctx, x, start, end, terms)
 

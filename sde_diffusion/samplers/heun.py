@@ -53,7 +53,7 @@ class Heun(FixedStepSampler):
         sig_t, sig_s = iv.sigma_t / iv.alpha_t, iv.sigma_s / iv.alpha_s
         x = x / iv.alpha_t
         start = Point(iv.t, iv.alpha_t, iv.sigma_t, iv.lambda_t)
-        gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1) if self.s_tmin <= sig_t <= self.s_tmax else 0.0
+        gamma = min(self.s_churn / ctx.state["steps"], math.sqrt(2) - 1) if self.s_tmin <= sig_t <= self.s_tmax else 0.0
         if gamma > 0:
             lam_max = float(sde._log_snr(sde._time(sde.T)))
             start = Point.at_log_snr(sde, max(-math.log(sig_t * (1 + gamma)), lam_max))  # σ̂, capped at σ̃(T)

@@ -38,7 +38,9 @@ class DynamicThreshold:
             raise ValueError(f"max_value must be positive, got {self.max_value}")
 
     def __call__(self, x0: Tensor) -> Tensor:
-        flat = x0.reshape(x0.shape[0], -1).abs().float()
+        flat = x0.reshape(x0.shape[0], -1).abs()
+        if flat.dtype not in (torch.float32, torch.float64):  # torch.quantile: float32/float64 only (bf16, fp16 upcast)
+            flat = flat.float()
         s = torch.quantile(flat, self.percentile, dim=1).clamp_min(self.max_value).to(x0.dtype)
         s = s.reshape(-1, *([1] * (x0.dim() - 1)))
         return torch.maximum(torch.minimum(x0, s), -s) * (self.max_value / s)

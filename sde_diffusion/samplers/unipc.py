@@ -64,10 +64,11 @@ class UniPC(FixedStepSampler):
         self.order, self.corrector, self.variant = int(order), bool(corrector), variant
         self.lower_order_final = bool(lower_order_final)
 
-    def _step_order(self, i: int) -> int:
+    def _step_order(self, i: int, steps: int) -> int:
+        """Order of step i of ``steps``: warm-up from 1, and lower at the end of short runs (< 15 steps)."""
         order = min(self.order, i + 1)
-        if self.lower_order_final and self.steps < 15:
-            order = min(order, self.steps - i)
+        if self.lower_order_final and steps < 15:
+            order = min(order, steps - i)
         return order
 
     def _base(self, x: Tensor, start: Point, end: Point, m0: Tensor, h_phi_1: float) -> Tensor:
@@ -92,7 +93,7 @@ class UniPC(FixedStepSampler):
             x = self._correct(state["x_prev"], state["start"], point, history, m, state["order"])
         history.insert(0, (point.lam, m))
         del history[self.order:]
-        order = self._step_order(iv.i)
+        order = self._step_order(iv.i, state["steps"])
         end = Point(iv.s, iv.alpha_s, iv.sigma_s, iv.lambda_s)
         state.update(x_prev=x, start=point, order=order)
         return self._predict(x, point, end, history, order)

@@ -1,0 +1,159 @@
+"""The solver benchmark's machinery: reference solve, peer wrappers, NFE budgets, report files."""
+import json
+import math
+
+import pytest
+import torch
+
+from sde_diffusion import samplers
+from sde_diffusion.bench import peers, solvers
+from sde_diffusion.bench.problems import (
+    CallCounter, Problem, counted_score_model, make_problem, solve_pf_ode, tweedie,
+)
+from sde_diffusion.data import GaussianMixture, eight_gaussians
+from sde_diffusion.sde import VPSDE
+
+
+def _gaussian():
+    cov = torch.tensor([[1.0, 0.3, 0.0], [0.3, 0.2, 0.01], [0.0, 0.01, 2e-3]], dtype=torch.float64)
+    return GaussianMixture(torch.tensor([[0.5, -1.0, 0.2]], dtype=torch.float64), cov[None])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batches: one thread is much faster than several on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_problem():
+    return make_problem("tiny", eight_gaussians(), "eight Gaussians", n=24, seed=3, check_subset=0)
+
+
+def test_reference_matches_closed_form_flow():
+    gmm, sde = _gaussian(), VPSDE(0.1, 20.0, eps=1e-3)
+    x_T = sde.prior_sample((16, 3), torch.Generator().manual_seed(0)).double()
+    x_eps, nfe = solve_pf_ode(gmm, sde, x_T, denoise=False)
+    exact = gmm.flow(x_T, sde.T, sde.eps, sde)
+    assert nfe > 0
+    assert (x_eps - exact).abs().max() < 1e-6
+    x0, _ = solve_pf_ode(gmm, sde, x_T)
+    assert (x0 - tweedie(gmm, sde, exact, sde.eps)).abs().max() < 1e-6
+
+
+def test_rms_error_and_counter(small_problem):
+    assert small_problem.rms_error(small_problem.reference.float()) < 1e-6
+    assert small_problem.rms_error(small_problem.reference + 0.5) == pytest.approx(0.5)
+    c = CallCounter(lambda a: a + 1)
+    assert c(1) == 2 and c(2) == 3 and c.calls == 2
+
+
+def test_error_decreases_with_nfe_and_counts_match(small_problem):
+    method = next(m for m in solvers.deterministic_methods() if m.method == "DDIM" and m.schedule == "log_snr")
+    points = solvers.run_fixed(method, small_problem, (5, 20, 80), seed=0)
+    assert [p.nfe for p in points] == [5, 20, 80]
+    assert all(p.nfe_reported is None for p in points)  # the sampler's own NFE equals the counted one
+    errors = [p.error for p in points]
+    assert errors[0] > errors[1] > errors[2]
+    assert solvers.nfe_to_reach(points, errors[1] * 1.01)["measured"] == 20
+    assert solvers.nfe_to_reach(points, errors[2] / 10) is None
+
+
+def test_budget_lands_on_or_under(small_problem):
+    if "heun" not in samplers.REGISTRY:
+        pytest.skip("Heun is not registered")
+    heun = next(m for m in solvers.deterministic_methods() if m.method == "Heun (EDM)")
+    points = solvers.run_fixed(heun, small_problem, (5, 10), seed=0)
+    assert [p.nfe for p in points] == [5, 9]  # 2·steps + 1
+
+
+def test_rk45_peer_counts_every_evaluation(small_problem):
+    model, counter = counted_score_model(small_problem.gmm, small_problem.sde)
+    x, nfe = peers.run_score_sde_ode(model, small_problem.x_T, rtol=1e-4, atol=1e-4)
+    assert nfe == counter.calls
+    assert small_problem.rms_error(x) < 1e-2
+
+
+kd = peers.load_k_diffusion_sampling()
+needs_kd = pytest.mark.skipif(kd is None, reason="k-diffusion is not installed (optional benchmark dependency)")
+
+
+@needs_kd
+def test_k_diffusion_loaded_without_package_init():
+    import sys
+
+    assert hasattr(kd, "sample_dpmpp_2m") and "torchvision" not in sys.modules
+
+
+@needs_kd
+def test_karras_denoiser_reproduces_x0():
+    gmm, sde = eight_gaussians(), VPSDE()
+    model, _ = counted_score_model(gmm, sde)
+    den = peers.KarrasDenoiser(model)
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(1))
+    for t in (1e-3, 0.05, 0.4, 1.0):
+        alpha = float(sde._log_alpha(torch.tensor(t, dtype=torch.float64)).exp())
+        sig = torch.full((7,), den.sigma_tilde(t))
+        assert torch.allclose(den(x / alpha, sig), model.x0(x, torch.tensor(t)), atol=1e-5, rtol=1e-5)
+    assert den.calls == 4
+
+
+@needs_kd
+def test_k_diffusion_euler_is_ddim(small_problem):
+    """DDIM is Euler in (x̃, σ̃): on the same σ̃ grid, from the same x_T, both samplers agree."""
+    model, _ = counted_score_model(small_problem.gmm, small_problem.sde)
+    den = peers.KarrasDenoiser(model)
+    s_min, s_max = den.sigma_tilde(small_problem.sde.eps), den.sigma_tilde(small_problem.sde.T)
+    x_kd, nfe_kd = peers.run_k_diffusion("euler", model, small_problem.x_T,
+                                         peers.k_diffusion_sigmas("exponential", 9, s_min, s_max))
+    out = samplers.DDIM(steps=9, grid="log_snr").sample(model, x_T=small_problem.x_T)
+    assert nfe_kd == out.nfe == 10
+    assert (x_kd - out.x).abs().max() < 1e-4
+
+
+def test_quick_report_files(tmp_path, monkeypatch):
+    keep = {"DDIM", "euler", "RK45 (scipy)", "adaptive DPM-Solver-23", "Euler-Maruyama", "euler_ancestral"}
+    for name in ("deterministic_methods", "tolerance_methods", "stochastic_methods"):
+        full = getattr(solvers, name)
+        monkeypatch.setattr(solvers, name, lambda full=full: [m for m in full() if m.method in keep])
+    monkeypatch.setattr(solvers, "default_problems", lambda n2, n16, seed: {
+        "gmm2d": make_problem("gmm2d", eight_gaussians(), "eight Gaussians", 16, seed, check_subset=8)})
+    threads = torch.get_num_threads()
+    assert solvers.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == threads
+    for name in ("solvers.md", "solvers.json", "solvers.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = json.loads((tmp_path / "solvers.json").read_text())
+    info = report["problems"]["gmm2d"]
+    assert info["budgets"] == list(solvers.QUICK_BUDGETS)
+    for group in ("deterministic", "stochastic"):
+        for res in info["results"][group]:
+            for p in res["points"]:
+                assert p["nfe"] <= p["budget"]
+                assert p["error"] is None or p["error"] >= 0
+    assert [e["budget"] for e in info["targets"]["nfe_ratio"]] == list(solvers.TARGET_BUDGETS)
+    md = (tmp_path / "solvers.md").read_text()
+    assert "sde-diffusion bench solvers --quick" in md and "Summary of the issue's targets" in md
+    rk45 = next(r for r in info["results"]["tolerance"] if r["method"] == "RK45 (scipy)")
+    assert any(tuple(p["param"]) == (1e-5, 1e-5) and math.isfinite(p["error"]) for p in rk45["points"])
+
+
+def test_overhead_hand_loops_do_the_same_arithmetic(tmp_path):
+    from sde_diffusion.bench import overhead
+
+    sde = VPSDE()
+    model = overhead.ScoreModel(overhead.trivial_net, sde, prediction="eps")
+    x_T = sde.prior_sample((3, 2, 4, 4), torch.Generator().manual_seed(0))
+    for case in overhead.cases():
+        out = case.make(6).sample(model, x_T=x_T, generator=torch.Generator().manual_seed(1))
+        ref = case.hand(overhead.trivial_net, sde, x_T, 6, torch.Generator().manual_seed(1))
+        assert (out.x - ref).abs().max() < 1e-3, case.name
+    report = overhead.main(["--quick", "--out", str(tmp_path)])
+    assert report == 0
+    data = json.loads((tmp_path / "overhead.json").read_text())
+    assert {r["sampler"] for r in data["rows"]} >= {"EulerMaruyama", "DDIM", "TorchSDE (euler)"}
+    assert all(r["ratio"] > 0 for r in data["rows"])
+    assert (tmp_path / "overhead.md").read_text().startswith("# Sampler overhead")
