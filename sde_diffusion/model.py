@@ -128,19 +128,32 @@ class ScoreModel(nn.Module):
         check_batch(t64, x)
         return self.net(x, self._net_time(x, t64), **model_kwargs)
 
-    # ----- unvalidated fast path for samplers: t64 is a float64 scalar or (batch,) tensor in [0, T] -----
-    def _net_time(self, x: Tensor, t64: Tensor) -> Tensor:
+    # ----- unvalidated fast path for samplers: t is a float, or a float64 scalar or (batch,) tensor, in [0, T] -----
+    def _net_time(self, x: Tensor, t: Union[float, Tensor]) -> Tensor:
+        if self.time_input == "continuous" and not isinstance(t, Tensor):
+            return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        t64 = torch.as_tensor(t, dtype=torch.float64)
         t64 = t64.expand(x.shape[0]) if t64.dim() == 0 else t64
         if self.time_input == "index":
             return self.sde.step_index(t64).to(x.device)
         return t64.to(device=x.device, dtype=x.dtype)
 
-    def _predict(self, x: Tensor, t64: Tensor, model_kwargs: Optional[Dict[str, Any]] = None) -> Prediction:
-        out = self.net(x, self._net_time(x, t64), **(model_kwargs or {}))
+    def _predict(
+        self,
+        x: Tensor,
+        t: Union[float, Tensor],
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        alpha: Optional[float] = None,
+        sigma: Optional[float] = None,
+    ) -> Prediction:
+        """One evaluation; ``alpha``/``sigma`` may be passed when the caller already knows α(t), σ(t)."""
+        out = self.net(x, self._net_time(x, t), **(model_kwargs or {}))
         if out.shape != x.shape:
             raise ValueError(f"net output has shape {tuple(out.shape)}, expected the input's shape {tuple(x.shape)}")
-        alpha = per_sample(self.sde._log_alpha(t64).exp(), x)
-        sigma = per_sample(self.sde._log_sigma(t64).exp(), x)
+        if alpha is None or sigma is None:
+            t64 = torch.as_tensor(t, dtype=torch.float64)
+            alpha = per_sample(self.sde._log_alpha(t64).exp(), x)
+            sigma = per_sample(self.sde._log_sigma(t64).exp(), x)
         return _CONVERT[self.prediction](out, x, alpha, sigma)
 
     def extra_repr(self) -> str:

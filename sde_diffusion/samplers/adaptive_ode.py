@@ -9,7 +9,9 @@ steps of :mod:`.exponential`):
     δ = max(atol, rtol · max(|x_low|, |x_prev|)),   E = ‖(x_low − x_high)/δ‖_RMS,
 
 accepting when E ≤ 1 and continuing from x_high; the next step is h · clip(safety · E^{−1/order}, 0.2, 5).
-The evaluation at the current point is reused after a rejection.
+The evaluation at the current point is reused after a rejection. Noise prediction is the default (as in
+k-diffusion's dpm_adaptive): on the 2-D benchmark it reaches a given error with fewer NFE than x0
+prediction, and on VE with x0 prediction the tolerance δ ∝ |x| ~ σ̃ lets early steps grow too long.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class AdaptiveDPMSolver(Sampler):
         rtol: float = 0.05,
         atol: float = 0.0078,
         h_init: float = 0.05,
-        prediction: str = "x0",
+        prediction: str = "eps",
         safety: float = 0.9,
         max_steps: int = 10_000,
         denoise: bool = True,

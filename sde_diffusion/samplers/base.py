@@ -114,12 +114,19 @@ class SamplingContext:
         self.guard = FiniteGuard(owner)
         self.nfe = 0
         self.state: Dict[str, Any] = {}
+        #: α(t), σ(t) at times the sampler knows in advance (its grid), so evaluations there skip recomputing them
+        self.schedule: Dict[float, tuple] = {}
+
+    def remember_schedule(self, steps: List["Interval"]) -> None:
+        for iv in steps:
+            self.schedule[iv.t] = (iv.alpha_t, iv.sigma_t)
+            self.schedule[iv.s] = (iv.alpha_s, iv.sigma_s)
 
     def predict(self, x: Tensor, t: Union[float, Tensor]) -> Prediction:
         """One network evaluation (counted) at time t: a float, or a float64 tensor of shape (batch,)."""
         self.nfe += 1
-        t64 = t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64)
-        pred = self.model._predict(x, t64, self.model_kwargs)
+        alpha, sigma = (None, None) if isinstance(t, Tensor) else self.schedule.get(t, (None, None))
+        pred = self.model._predict(x, t, self.model_kwargs, alpha, sigma)
         if self.x0_transform is None:
             return pred
         return Prediction(x, pred.alpha, pred.sigma, x0=self.x0_transform(pred.x0))
@@ -268,7 +275,9 @@ class FixedStepSampler(Sampler):
     def _run(self, ctx, x):
         ts = self.times(ctx.sde)
         ctx.state["steps"] = len(ts) - 1  # the steps actually walked (an explicit grid overrides ``steps``)
-        for interval in intervals(ctx.sde, ts):
+        steps = intervals(ctx.sde, ts)
+        ctx.remember_schedule(steps)
+        for interval in steps:
             x = self.step(ctx, x, interval)
             ctx.visit(x, interval.i, interval.t, interval.s)
         return finish(ctx, x, ts, self.denoise)

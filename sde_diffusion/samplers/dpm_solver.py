@@ -58,6 +58,9 @@ class DPMSolver(FixedStepSampler):
             raise ValueError(f"eta must lie in [0, 1], got {eta}")
         if eta > 0 and prediction != "x0":
             raise ValueError("eta > 0 (SDE-DPM-Solver++) needs prediction='x0'")
+        if eta > 0 and not multistep and order > 1:
+            # its intermediate stages are deterministic, so orders 2 and 3 would only repeat order 1 at 2–3× the cost
+            raise ValueError("eta > 0 needs multistep=True for order > 1 (SDE-DPM-Solver++ 2M/3M)")
         self.order, self.multistep, self.prediction = int(order), bool(multistep), prediction
         self.solver_type, self.eta, self.lower_order_final = solver_type, eta, bool(lower_order_final)
 
