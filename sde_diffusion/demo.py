@@ -28,6 +28,12 @@ DEMO_SAMPLERS: List[Tuple[str, samplers.Sampler]] = [
     ("torchsde srk (50)", samplers.TorchSDE(method="srk", steps=50)),
     ("DDPM (1000)", samplers.DDPM(steps=1000)),
     ("DDIM (50)", samplers.DDIM(steps=50, grid="log_snr")),
+    ("DPM-Solver++ 3M (10)", samplers.DPMSolver(steps=10, order=3)),
+    ("UniPC-3 (10)", samplers.UniPC(steps=10, order=3)),
+    ("EDM Heun (10)", samplers.Heun(steps=10)),
+    ("SDE-DPM-Solver++ 2M (50)", samplers.DPMSolver(steps=50, order=2, eta=1.0)),
+    ("adaptive DPM-Solver-23", samplers.AdaptiveDPMSolver(rtol=0.01, atol=0.001)),
+    ("adaptive SDE (GGF)", samplers.AdaptiveSDE()),
 ]
 
 
