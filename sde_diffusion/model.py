@@ -147,7 +147,8 @@ class ScoreModel(nn.Module):
         sigma: Optional[float] = None,
     ) -> Prediction:
         """One evaluation; ``alpha``/``sigma`` may be passed when the caller already knows α(t), σ(t)."""
-        out = self.net(x, self._net_time(x, t), **(model_kwargs or {}))
+        net = self.net.fn if type(self.net) is _ScoreFn else self.net  # a plain function skips nn.Module's call machinery
+        out = net(x, self._net_time(x, t), **(model_kwargs or {}))
         if out.shape != x.shape:
             raise ValueError(f"net output has shape {tuple(out.shape)}, expected the input's shape {tuple(x.shape)}")
         if alpha is None or sigma is None:

@@ -27,13 +27,16 @@ from ..sde import LinearSDE
 PREDICTION_TARGETS = ("x0", "eps")
 
 
+_INV_FACTORIAL = [1.0 / math.factorial(j) for j in range(40)]
+
+
 def phi(k: int, z: float) -> float:
-    """φ_k(z) = Σ_j z^j/(j+k)!, evaluated by its series near 0 and by the recursion elsewhere."""
-    if abs(z) < 0.2:
-        return sum(z**j / math.factorial(j + k) for j in range(24))
+    """φ_k(z) = Σ_j z^j/(j+k)!, by its series near 0 (where the recursion cancels) and by the recursion elsewhere."""
+    if abs(z) < 0.05:
+        return sum(z**j * _INV_FACTORIAL[j + k] for j in range(14))
     value = math.expm1(z) / z
     for j in range(1, k):
-        value = (value - 1.0 / math.factorial(j)) / z
+        value = (value - _INV_FACTORIAL[j]) / z
     return value
 
 

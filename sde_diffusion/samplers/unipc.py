@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from .base import FixedStepSampler, Interval, SamplingContext
@@ -37,7 +37,7 @@ def _weights(rks: Sequence[float], h: float, order: int, variant: str):
         b.append(h_phi_k * factorial / b_h)
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1.0 / factorial
-    return torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), b_h, h_phi_1
+    return np.array(rows), np.array(b), b_h, h_phi_1
 
 
 class UniPC(FixedStepSampler):
@@ -105,14 +105,14 @@ class UniPC(FixedStepSampler):
         x_next = self._base(x, start, end, history[0][1], h_phi_1)
         if not d1s:
             return x_next
-        rhos = [0.5] if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+        rhos = [0.5] if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
         return x_next - (end.alpha * b_h) * sum(r * d for r, d in zip(rhos, d1s))
 
     def _correct(self, x_prev: Tensor, start: Point, end: Point, history, m_new: Tensor, order: int) -> Tensor:
         h = end.lam - start.lam
         rks, d1s = self._differences(history, start, h, order)
         R, b, b_h, h_phi_1 = _weights(rks, h, order, self.variant)
-        rhos = [0.5] if order == 1 else torch.linalg.solve(R, b).tolist()
+        rhos = [0.5] if order == 1 else np.linalg.solve(R, b).tolist()
         m0 = history[0][1]
         residual = rhos[-1] * (m_new - m0)
         for r, d in zip(rhos[:-1], d1s):
