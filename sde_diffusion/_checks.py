@@ -48,3 +48,11 @@ def positive(value: float, name: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"{name} must be a positive finite number, got {value}")
     return value
+
+
+def horizon(T: float, eps: float) -> tuple:
+    """Validated (T, eps) of a forward process: both positive, eps < T."""
+    T, eps = positive(T, "T"), positive(eps, "eps")
+    if eps >= T:
+        raise ValueError(f"eps must be smaller than T={T}, got {eps}")
+    return T, eps

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import Tuple
 
-import pytest
 import torch
 from torch import Tensor
 
@@ -41,18 +40,6 @@ FLOOR_FACTOR = 2.5
 LOGP_Z_MAX = 5.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Run a test module on one intra-op thread, then restore the setting.
-
-    These tests do thousands of small tensor operations; on a shared 2-core machine OpenMP threads
-    spin against other processes and make them 3–10× slower. Import this fixture into a test module
-    (``from _sampler_reference import single_thread``) to activate it there.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def reference_gmm() -> GaussianMixture:

@@ -10,7 +10,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import pytest
 import torch
 
 import sde_diffusion as sd
@@ -19,18 +18,6 @@ from sde_diffusion.data.gmm import GaussianMixture
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """Run the module on one intra-op thread.
-
-    The exact-score models make many tiny tensor ops; on a loaded 2-core machine torch's thread
-    pool turns a 5 µs ``softmax`` of shape (64, 1) into ~15 ms. One thread keeps these tests fast
-    and their timing independent of the machine's load.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def sdes():

@@ -8,7 +8,7 @@ import torch
 from sde_diffusion import samplers
 from sde_diffusion.bench import peers, solvers
 from sde_diffusion.bench.problems import (
-    CallCounter, Problem, counted_score_model, make_problem, solve_pf_ode, tweedie,
+    CallCounter, counted_score_model, make_problem, solve_pf_ode, tweedie,
 )
 from sde_diffusion.data import GaussianMixture, eight_gaussians
 from sde_diffusion.sde import VPSDE
@@ -19,13 +19,6 @@ def _gaussian():
     return GaussianMixture(torch.tensor([[0.5, -1.0, 0.2]], dtype=torch.float64), cov[None])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches: one thread is much faster than several on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from sde_diffusion.data import GaussianMixture
 from sde_diffusion.samplers.base import intervals
 from sde_diffusion.samplers.grids import make_grid
 
-from _sampler_reference import N_SAMPLES, mmd_stat, noise_floor, reference_gmm, single_thread  # noqa: F401
+from _sampler_reference import N_SAMPLES, mmd_stat, noise_floor, reference_gmm
 
 
 def loglog_slope(steps, errors) -> float:

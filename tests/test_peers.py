@@ -24,7 +24,7 @@ import sde_diffusion as sd
 from sde_diffusion import samplers as S
 from sde_diffusion.data import GaussianMixture
 
-from _sampler_reference import N_SAMPLES, mmd_stat, noise_floor, reference_gmm, single_thread  # noqa: F401
+from _sampler_reference import N_SAMPLES, mmd_stat, noise_floor, reference_gmm
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402

@@ -28,7 +28,7 @@ from sde_diffusion import samplers as S
 from sde_diffusion.data import GaussianMixture
 from sde_diffusion.samplers.grids import GRIDS, make_grid
 
-from _sampler_reference import reference_gmm, single_thread  # noqa: F401
+from _sampler_reference import reference_gmm
 
 NAMES = S.available()
 SHAPE = (16, 2)

@@ -35,7 +35,6 @@ from _sampler_reference import (
     noise_floor,
     reference_gmm,
     shifted_gmm,
-    single_thread,  # noqa: F401  (autouse fixture: one intra-op thread for this module)
 )
 
 

@@ -21,9 +21,8 @@ from sde_diffusion.data.gmm import GaussianMixture, eight_gaussians
 from sde_diffusion.metrics import mmd
 from sde_diffusion.samplers import DDIM, AdaptiveDPMSolver, AdaptiveSDE, DPMSolver, Heun, UniPC
 
-from _solvers import F64, anisotropic_gaussian, one_thread, prior_draw, sdes  # noqa: F401
+from _solvers import F64, anisotropic_gaussian, prior_draw, sdes
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SDES = sdes()
 N = 600

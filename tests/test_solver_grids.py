@@ -9,9 +9,8 @@ from sde_diffusion.bench import peers
 from sde_diffusion.samplers import DDIM, DDPM, DPMSolver, Heun, UniPC
 from sde_diffusion.samplers.grids import karras, make_grid
 
-from _solvers import F64, anisotropic_gaussian, one_thread, pathwise_rms, prior_draw, sdes, sigma_tilde  # noqa: F401
+from _solvers import F64, anisotropic_gaussian, pathwise_rms, prior_draw, sdes, sigma_tilde
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ALL_SDES = {**sdes(), "subvp": sd.SubVPSDE(), "cosine": sd.CosineVPSDE()}
 GM = anisotropic_gaussian()

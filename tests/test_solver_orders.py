@@ -47,9 +47,8 @@ import torch
 from sde_diffusion.samplers import DDIM, DDPM, DPMSolver, Heun, UniPC
 from sde_diffusion.samplers.grids import make_grid
 
-from _solvers import F64, anisotropic_gaussian, fitted_order, one_thread, pathwise_rms, prior_draw, sdes  # noqa: F401
+from _solvers import F64, anisotropic_gaussian, fitted_order, pathwise_rms, prior_draw, sdes
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SDES = sdes()
 GM = anisotropic_gaussian()

@@ -35,10 +35,9 @@ from sde_diffusion.samplers import DPMSolver, Heun, UniPC, dpm_solver
 from sde_diffusion.samplers.exponential import derivatives
 from sde_diffusion.samplers.grids import make_grid
 
-from _solvers import F64, anisotropic_gaussian, fitted_order, one_thread, prior_draw, sdes  # noqa: F401
+from _solvers import F64, anisotropic_gaussian, fitted_order, prior_draw, sdes
 
 pytestmark = [
-    pytest.mark.usefixtures("one_thread"),
     # diffusers' numpy-2 ``__array__`` deprecation notice, not ours
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]

@@ -11,9 +11,8 @@ from sde_diffusion.data.gmm import eight_gaussians
 from sde_diffusion.samplers import REGISTRY, SamplingContext, get
 from sde_diffusion.samplers.thresholding import DynamicThreshold, StaticThreshold
 
-from _solvers import F64, one_thread  # noqa: F401
+from _solvers import F64
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 EIGHT = eight_gaussians()  # radius 2: x̂_0 leaves [−1, 1] for most of the trajectory
 

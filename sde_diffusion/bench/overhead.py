@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,6 +32,7 @@ from .. import samplers
 from .._io import write_text
 from ..model import ScoreModel
 from ..samplers.grids import make_grid
+from ..samplers.unipc import _weights as unipc_weights
 from ..sde import VPSDE, LinearSDE, randn
 
 TARGET_RATIO = 1.1
@@ -137,18 +139,8 @@ def hand_dpm_solver_2m(net, sde, x, steps, generator, grid="log_snr", lower_orde
 
 
 def _unipc_weights(rks: Sequence[float], h: float, order: int):
-    """UniPC bh2 (data prediction): R, b, B(h), hφ₁ (Zhao et al. 2023, eq. 12)."""
-    hh = -h
-    h_phi_1 = math.expm1(hh)
-    h_phi_k = h_phi_1 / hh - 1.0
-    b_h = math.expm1(hh)
-    rows, b, factorial = [], [], 1
-    for i in range(1, order + 1):
-        rows.append([r ** (i - 1) for r in rks])
-        b.append(h_phi_k * factorial / b_h)
-        factorial *= i + 1
-        h_phi_k = h_phi_k / hh - 1.0 / factorial
-    return torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), b_h, h_phi_1
+    """UniPC bh2 (data prediction): R, b, B(h), hφ₁ (Zhao et al. 2023, eq. 12), from the sampler's own module."""
+    return unipc_weights(rks, h, order, "bh2")
 
 
 def hand_unipc(net, sde, x, steps, generator, grid="log_snr", order=3, lower_order_final=True):
@@ -166,9 +158,9 @@ def hand_unipc(net, sde, x, steps, generator, grid="log_snr", order=3, lower_ord
         rks = [(s.lam[i_start - j] - s.lam[i_start]) / h for j in range(1, k)] + [1.0]
         R, b, b_h, h_phi_1 = _unipc_weights(rks, h, k)
         if corrector:
-            rhos = [0.5] if k == 1 else torch.linalg.solve(R, b).tolist()
+            rhos = [0.5] if k == 1 else np.linalg.solve(R, b).tolist()
         else:
-            rhos = [] if k == 1 else ([0.5] if k == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist())
+            rhos = [] if k == 1 else ([0.5] if k == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist())
         return rks[:-1], rhos, b_h, h_phi_1
 
     pred = [weights(i, i + 1, orders[i], False) for i in range(s.n)]

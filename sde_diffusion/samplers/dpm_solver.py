@@ -20,7 +20,7 @@ from typing import Optional
 from torch import Tensor
 
 from .base import FixedStepSampler, Interval, SamplingContext
-from .exponential import PREDICTION_TARGETS, Point, derivatives, exp_update
+from .exponential import PREDICTION_TARGETS, Point, derivatives, exp_update, step_order
 from .grids import GridLike
 
 SOLVER_TYPES = ("taylor", "midpoint")
@@ -75,11 +75,7 @@ class DPMSolver(FixedStepSampler):
         return x + noise_std * ctx.noise(x) if noise_std > 0 and noise_ok else x
 
     def _step_order(self, i: int, steps: int) -> int:
-        """Order of step i of ``steps``: warm-up from 1, and lower at the end of short runs (< 15 steps)."""
-        order = min(self.order, i + 1)
-        if self.lower_order_final and steps < 15:
-            order = min(order, steps - i)
-        return order
+        return step_order(self.order, i, steps, self.lower_order_final)
 
     # ----- the step -----
     def step(self, ctx: SamplingContext, x: Tensor, iv: Interval) -> Tensor:

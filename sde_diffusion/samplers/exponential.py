@@ -109,3 +109,12 @@ def combine(x: Tensor, linear: float, coefs: Sequence[float], terms: Sequence[Te
     for c, term in zip(coefs, terms):
         out = out + c * term
     return out
+
+
+def step_order(order: int, i: int, steps: int, lower_order_final: bool) -> int:
+    """Order of multistep step i of ``steps``: warm-up from 1, and lower at the end of short runs (< 15 steps),
+    as DPM-Solver's and diffusers' ``lower_order_final``."""
+    k = min(order, i + 1)
+    if lower_order_final and steps < 15:
+        k = min(k, steps - i)
+    return k

@@ -19,7 +19,7 @@ import numpy as np
 from torch import Tensor
 
 from .base import FixedStepSampler, Interval, SamplingContext
-from .exponential import Point
+from .exponential import Point, step_order
 from .grids import GridLike
 
 VARIANTS = ("bh1", "bh2")
@@ -64,13 +64,6 @@ class UniPC(FixedStepSampler):
         self.order, self.corrector, self.variant = int(order), bool(corrector), variant
         self.lower_order_final = bool(lower_order_final)
 
-    def _step_order(self, i: int, steps: int) -> int:
-        """Order of step i of ``steps``: warm-up from 1, and lower at the end of short runs (< 15 steps)."""
-        order = min(self.order, i + 1)
-        if self.lower_order_final and steps < 15:
-            order = min(order, steps - i)
-        return order
-
     def _base(self, x: Tensor, start: Point, end: Point, m0: Tensor, h_phi_1: float) -> Tensor:
         return (end.sigma / start.sigma) * x - (end.alpha * h_phi_1) * m0
 
@@ -83,6 +76,9 @@ class UniPC(FixedStepSampler):
             rks.append(rk)
             d1s.append((m_k - m0) / rk)
         return rks + [1.0], d1s
+
+    def _step_order(self, i: int, steps: int) -> int:
+        return step_order(self.order, i, steps, self.lower_order_final)
 
     def step(self, ctx: SamplingContext, x: Tensor, iv: Interval) -> Tensor:
         point = Point(iv.t, iv.alpha_t, iv.sigma_t, iv.lambda_t)

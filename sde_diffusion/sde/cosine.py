@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import positive
+from .._checks import horizon, positive
 from .base import LinearSDE
 
 
@@ -21,12 +21,9 @@ class CosineVPSDE(LinearSDE):
 
     def __init__(self, s: float = 0.008, T: float = 0.9946, eps: float = 1e-3):
         self.s = positive(s, "s")
-        self.T = positive(T, "T")
+        self.T, self.eps = horizon(T, eps)
         if self.T >= 1.0:
             raise ValueError(f"T must be < 1 for the cosine schedule (α(1) = 0), got {T}")
-        self.eps = positive(eps, "eps")
-        if self.eps >= self.T:
-            raise ValueError(f"eps must be smaller than T={T}, got {eps}")
 
     def _theta(self, t: Tensor) -> Tensor:
         return (t + self.s) / (1 + self.s) * (math.pi / 2)

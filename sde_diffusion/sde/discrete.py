@@ -12,7 +12,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import TimeLike, as_float64_time, positive
+from .._checks import TimeLike, positive
 from .base import LinearSDE
 
 

@@ -15,7 +15,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from .._checks import positive
+from .._checks import horizon
 from .base import LinearSDE
 
 
@@ -55,10 +55,7 @@ class TabulatedSDE(LinearSDE):
             raise TypeError(f"f must be callable f(t) -> tensor, got {type(f).__name__}")
         if not callable(g):
             raise TypeError(f"g must be callable g(t) -> tensor, got {type(g).__name__}")
-        self.T = positive(T, "T")
-        self.eps = positive(eps, "eps")
-        if self.eps >= self.T:
-            raise ValueError(f"eps must be smaller than T={T}, got {eps}")
+        self.T, self.eps = horizon(T, eps)
         sigma0 = float(sigma0)
         if not sigma0 >= 0 or not np.isfinite(sigma0):
             raise ValueError(f"sigma0 must be a finite number >= 0, got {sigma0}")

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import positive
+from .._checks import horizon, positive
 from .base import LinearSDE
 
 
@@ -23,10 +23,7 @@ class VESDE(LinearSDE):
         self.sigma_max = positive(sigma_max, "sigma_max")
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        self.T = positive(T, "T")
-        self.eps = positive(eps, "eps")
-        if self.eps >= self.T:
-            raise ValueError(f"eps must be smaller than T={T}, got {eps}")
+        self.T, self.eps = horizon(T, eps)
 
     @property
     def _log_ratio(self) -> float:

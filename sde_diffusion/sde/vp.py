@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import positive
+from .._checks import horizon, positive
 from .base import LinearSDE
 
 
@@ -20,10 +20,7 @@ class VPSDE(LinearSDE):
         self.beta_max = positive(beta_max, "beta_max")
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max must be >= beta_min, got beta_min={beta_min}, beta_max={beta_max}")
-        self.T = positive(T, "T")
-        self.eps = positive(eps, "eps")
-        if self.eps >= self.T:
-            raise ValueError(f"eps must be smaller than T={T}, got {eps}")
+        self.T, self.eps = horizon(T, eps)
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
