@@ -50,6 +50,12 @@ def positive(value: float, name: str) -> float:
     return value
 
 
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+    return int(value)
+
+
 def horizon(T: float, eps: float) -> tuple:
     """Validated (T, eps) of a forward process: both positive, eps < T."""
     T, eps = positive(T, "T"), positive(eps, "eps")

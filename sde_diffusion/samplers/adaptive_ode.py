@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import positive, positive_int
 from .base import Sampler, SamplingContext, finish
 from .exponential import PREDICTION_TARGETS, Point, exp_update
 
@@ -44,12 +45,10 @@ class AdaptiveDPMSolver(Sampler):
         if order not in (2, 3):
             raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order}")
         for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("safety", safety)):
-            if not float(value) > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+            positive(value, name)
         if prediction not in PREDICTION_TARGETS:
             raise ValueError(f"prediction must be one of {PREDICTION_TARGETS}, got {prediction!r}")
-        if int(max_steps) != max_steps or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps}")
+        positive_int(max_steps, "max_steps")
         self.order, self.rtol, self.atol, self.h_init = int(order), float(rtol), float(atol), float(h_init)
         self.prediction, self.safety, self.max_steps = prediction, float(safety), int(max_steps)
         self.denoise, self.thresholding = bool(denoise), thresholding

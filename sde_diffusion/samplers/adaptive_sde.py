@@ -27,6 +27,7 @@ import torch
 import torchsde
 from torch import Tensor
 
+from .._checks import positive, positive_int
 from .base import NonFiniteError, Sampler, SamplingContext, finish
 
 
@@ -47,10 +48,8 @@ class AdaptiveSDE(Sampler):
         thresholding=None,
     ):
         for name, value in (("rtol", rtol), ("atol", atol), ("h_init", h_init), ("safety", safety), ("exponent", exponent)):
-            if not float(value) > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if int(max_steps) != max_steps or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps}")
+            positive(value, name)
+        positive_int(max_steps, "max_steps")
         self.rtol, self.atol, self.h_init = float(rtol), float(atol), float(h_init)
         self.safety, self.exponent, self.max_steps = float(safety), float(exponent), int(max_steps)
         self.denoise, self.thresholding = bool(denoise), thresholding

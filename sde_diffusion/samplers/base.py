@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .._checks import positive_int
 from ..model import Prediction, ScoreModel
 from ..sde import LinearSDE, randn
 from .grids import GridLike, make_grid
@@ -259,8 +260,7 @@ class FixedStepSampler(Sampler):
         denoise: bool = True,
         thresholding: Optional[X0Transform] = None,
     ):
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
+        positive_int(steps, "steps")
         if thresholding is not None and not callable(thresholding):
             raise TypeError("thresholding must be None or callable x0 -> x0 (StaticThreshold, DynamicThreshold)")
         self.steps = int(steps)

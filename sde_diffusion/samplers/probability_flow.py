@@ -15,6 +15,7 @@ from torch import Tensor
 from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 
+from .._checks import positive, positive_int
 from .grids import GridLike, make_grid
 from .base import NonFiniteError, Sampler, finish
 
@@ -40,11 +41,9 @@ class ProbabilityFlowODE(Sampler):
     ):
         if method not in SOLVERS:
             raise ValueError(f"method must be one of torchdiffeq's {sorted(SOLVERS)}, got {method!r}")
-        for name, tol in (("rtol", rtol), ("atol", atol)):
-            if not float(tol) > 0:
-                raise ValueError(f"{name} must be positive, got {tol}")
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
+        positive(rtol, "rtol")
+        positive(atol, "atol")
+        positive_int(steps, "steps")
         self.method, self.rtol, self.atol = method, float(rtol), float(atol)
         self.steps, self.grid, self.denoise = int(steps), grid, bool(denoise)
         self.options = dict(options or {})

@@ -23,6 +23,7 @@ import torchsde
 from scipy.interpolate import PchipInterpolator
 from torch import Tensor
 
+from .._checks import positive_int
 from .base import NonFiniteError, Sampler, SamplingContext, finish
 from .grids import GridLike, make_grid
 
@@ -80,8 +81,7 @@ class TorchSDE(Sampler):
     ):
         if method not in ITO_METHODS + STRATONOVICH_METHODS:
             raise ValueError(f"method must be one of {sorted(ITO_METHODS + STRATONOVICH_METHODS)}, got {method!r}")
-        if int(steps) != steps or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps}")
+        positive_int(steps, "steps")
         self.method, self.steps, self.grid, self.denoise = method, int(steps), grid, bool(denoise)
         self.options = dict(options or {})
         self.thresholding = thresholding
