@@ -19,7 +19,7 @@ import torch
 import sde_diffusion as sd
 from sde_diffusion.data.gmm import GaussianMixture, eight_gaussians
 from sde_diffusion.metrics import mmd
-from sde_diffusion.samplers import DDIM, AdaptiveDPMSolver, AdaptiveSDE, DPMSolver, Heun, UniPC
+from sde_diffusion.samplers import DDIM, AdaptiveDPMSolver, AdaptiveSDE, AdaptiveUniPC, DPMSolver, Heun, UniPC
 
 from _solvers import F64, anisotropic_gaussian, prior_draw, sdes
 
@@ -77,6 +77,7 @@ SOLVERS = [
     ("heun-churn-window", Heun(steps=25, s_churn=40.0, s_tmin=0.05, s_tmax=10.0, s_noise=1.003)),
     ("adaptive-12", AdaptiveDPMSolver(order=2)),
     ("adaptive-23", AdaptiveDPMSolver(order=3)),
+    ("adaptive-unipc", AdaptiveUniPC()),
 ]
 
 
@@ -106,7 +107,7 @@ def test_lands_on_eight_gaussians_other_sdes(name, sampler, sde_name, threshold)
 @pytest.mark.parametrize("sde_name", ["ve", "ddpm"])
 @pytest.mark.parametrize("name, sampler", SOLVERS, ids=[s[0] for s in SOLVERS])
 def test_lands_on_eight_gaussians_all_sdes_slow(name, sampler, sde_name, threshold):
-    if sde_name == "ve" and name.startswith("adaptive"):
+    if sde_name == "ve" and name.startswith("adaptive-") and isinstance(sampler, AdaptiveDPMSolver):
         sampler = AdaptiveDPMSolver(order=sampler.order, rtol=0.01, atol=0.002)  # see test_adaptive_ode_defaults_on_ve
     value = _mmd(sampler, sde_name)
     assert value < threshold, f"{name} on {sde_name}: MMD {value:.2e} above {threshold:.2e}"
@@ -139,6 +140,29 @@ def test_adaptive_ode_error_tracks_tolerance(sde_name, order, prediction):
     assert errors[0] > errors[1] >= errors[2] and errors[2] < errors[0] / 20, errors
 
 
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_adaptive_unipc_error_tracks_tolerance(sde_name):
+    """AdaptiveUniPC: tighter rtol = atol → more NFE, smaller error, RMS error ≤ 10 × tol; and at equal
+    accuracy it needs fewer evaluations than the 3-NFE-per-step DPM-Solver-23 pair."""
+    sde = SDES[sde_name]
+    model = GAUSS.score_model(sde)
+    x_T = prior_draw(sde, 16, GAUSS.dim)
+    exact = GAUSS.flow(x_T, sde.T, sde.eps, sde)
+    nfes, errors = [], []
+    for tol in (1e-2, 1e-3, 1e-4):
+        out = AdaptiveUniPC(rtol=tol, atol=tol, denoise=False).sample(model, x_T=x_T)
+        err = float((out.x - exact).pow(2).mean().sqrt())
+        assert err <= 10 * tol, f"tol {tol}: RMS error {err:.2e}"
+        assert out.times[0] == sde.T and math.isclose(float(out.times[-1]), sde.eps, rel_tol=1e-9)
+        nfes.append(out.nfe)
+        errors.append(err)
+    assert nfes[0] < nfes[1] < nfes[2], nfes
+    assert errors[0] > errors[1] > errors[2], errors
+    pair = AdaptiveDPMSolver(rtol=1e-4, atol=1e-4, denoise=False).sample(model, x_T=x_T)
+    pair_err = float((pair.x - exact).pow(2).mean().sqrt())
+    assert nfes[2] < pair.nfe or errors[2] < pair_err, (nfes[2], errors[2], pair.nfe, pair_err)
+
+
 def test_adaptive_ode_nfe_is_counted():
     sde = SDES["vp"]
     calls = []
@@ -148,7 +172,7 @@ def test_adaptive_ode_nfe_is_counted():
     assert out.nfe == len(calls)
 
 
-@pytest.mark.parametrize("cls", [AdaptiveDPMSolver, AdaptiveSDE])
+@pytest.mark.parametrize("cls", [AdaptiveDPMSolver, AdaptiveSDE, AdaptiveUniPC])
 def test_adaptive_max_steps_raises(cls):
     sde = SDES["vp"]
     with pytest.raises(RuntimeError, match="max_steps"):

@@ -82,7 +82,7 @@ def test_threshold_arguments_are_validated():
 #: a cheap configuration of every registered sampler
 CONFIGS = {
     "ddim": dict(steps=8), "ddpm": dict(steps=8), "dpm_solver": dict(steps=6), "unipc": dict(steps=6),
-    "heun": dict(steps=5), "dpm_solver_adaptive": dict(rtol=0.05), "adaptive_sde": dict(rtol=0.1, atol=0.05),
+    "heun": dict(steps=5), "dpm_solver_adaptive": dict(rtol=0.05), "unipc_adaptive": dict(rtol=0.05), "adaptive_sde": dict(rtol=0.1, atol=0.05),
     "euler_maruyama": dict(steps=20), "reverse_diffusion": dict(steps=20), "predictor_corrector": dict(steps=10),
     "probability_flow": dict(rtol=1e-3, atol=1e-3), "torchsde": dict(steps=10),
 }

@@ -9,6 +9,7 @@ from typing import Dict, List, Type
 from . import grids
 from .adaptive_ode import AdaptiveDPMSolver
 from .adaptive_sde import AdaptiveSDE
+from .adaptive_unipc import AdaptiveUniPC
 from .base import FixedStepSampler, Interval, NonFiniteError, Sampler, Samples, SamplingContext
 from .ddim import DDIM
 from .dpm_solver import DPMSolver
@@ -32,7 +33,7 @@ def register(cls: Type[Sampler]) -> Type[Sampler]:
     return cls
 
 
-for _cls in (EulerMaruyama, ReverseDiffusion, PredictorCorrector, ProbabilityFlowODE, TorchSDE, DDPM, DDIM, DPMSolver, UniPC, Heun, AdaptiveDPMSolver, AdaptiveSDE):
+for _cls in (EulerMaruyama, ReverseDiffusion, PredictorCorrector, ProbabilityFlowODE, TorchSDE, DDPM, DDIM, DPMSolver, UniPC, Heun, AdaptiveDPMSolver, AdaptiveSDE, AdaptiveUniPC):
     register(_cls)
 
 
@@ -50,6 +51,6 @@ def get(name: str, **kwargs) -> Sampler:
 
 __all__ = [
     "Sampler", "FixedStepSampler", "Samples", "SamplingContext", "Interval", "NonFiniteError", "grids",
-    "EulerMaruyama", "ReverseDiffusion", "PredictorCorrector", "ProbabilityFlowODE", "TorchSDE", "DDPM", "DDIM", "DPMSolver", "UniPC", "Heun", "AdaptiveDPMSolver", "AdaptiveSDE",
+    "EulerMaruyama", "ReverseDiffusion", "PredictorCorrector", "ProbabilityFlowODE", "TorchSDE", "DDPM", "DDIM", "DPMSolver", "UniPC", "Heun", "AdaptiveDPMSolver", "AdaptiveSDE", "AdaptiveUniPC",
     "register", "available", "get",
 ]
