@@ -127,6 +127,19 @@ def test_unipc3_order_on_karras_grid(sde_name):
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
+def test_unipc4_order_on_karras_grid(sde_name):
+    """UniPC-4 (used by AdaptiveUniPC): fourth order as a predictor, fifth with its corrector."""
+    steps = (40, 80, 160)
+    errors_c = _errors(_unipc(4), sde_name, steps, "karras")
+    errors_p = _errors(_unipc(4, corrector=False), sde_name, steps, "karras")
+    corrected, predictor = fitted_order(steps, errors_c), fitted_order(steps, errors_p)
+    # measured: corrected 4.9 (VP, DDPM) – 5.x (VE); predictor 4.1 (VP) – 4.9 (VE, error cancellation)
+    assert 4.4 <= corrected <= 6.5, f"UniPC-4 order {corrected:.2f} on {sde_name}"
+    assert predictor >= 3.6, f"UniP-4 order {predictor:.2f} on {sde_name}"
+    assert errors_c[-1] < errors_p[-1], (errors_c, errors_p)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
 def test_unipc3_beats_dpmpp3m_on_log_snr_grid(sde_name):
     """On the λ grid UniPC-3's error curve is erratic (its leading error terms cancel near 20–40 steps);
     what holds is that it is far below DPM-Solver++(3M) at 20 steps (≥ 10×: measured 15–50×), no worse at 40

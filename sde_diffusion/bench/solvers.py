@@ -193,8 +193,8 @@ def tolerance_methods() -> List[Method]:
     out.append(Method("ours", "adaptive DPM-Solver-23", "adaptive λ", "tolerance", False,
                       factory("tol") if factory else None,
                       note="" if factory else "sampler 'dpm_solver_adaptive' is not registered"))
-    factory = _ours("unipc_adaptive", order=3)
-    out.append(Method("ours", "adaptive UniPC-3", "adaptive λ", "tolerance", False,
+    factory = _ours("unipc_adaptive", order=4)
+    out.append(Method("ours", "adaptive UniPC-4", "adaptive λ", "tolerance", False,
                       factory("tol") if factory else None,
                       note="" if factory else "sampler 'unipc_adaptive' is not registered"))
     factory = _ours("probability_flow", method="dopri5")

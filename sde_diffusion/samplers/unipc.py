@@ -41,7 +41,7 @@ def _weights(rks: Sequence[float], h: float, order: int, variant: str):
 
 
 class UniPC(FixedStepSampler):
-    """UniPC-p with the UniC corrector (bh2 by default); one NFE per step."""
+    """UniPC-p (p ≤ 4) with the UniC corrector (bh2 by default); one NFE per step."""
 
     name = "unipc"
 
@@ -57,8 +57,8 @@ class UniPC(FixedStepSampler):
         thresholding=None,
     ):
         super().__init__(steps=steps, grid=grid, denoise=denoise, thresholding=thresholding)
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order}")
+        if order not in (1, 2, 3, 4):
+            raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.order, self.corrector, self.variant = int(order), bool(corrector), variant
