@@ -33,6 +33,7 @@ DEMO_SAMPLERS: List[Tuple[str, samplers.Sampler]] = [
     ("EDM Heun (10)", samplers.Heun(steps=10)),
     ("SDE-DPM-Solver++ 2M (50)", samplers.DPMSolver(steps=50, order=2, eta=1.0)),
     ("adaptive DPM-Solver-23", samplers.AdaptiveDPMSolver(rtol=0.01, atol=0.001)),
+    ("adaptive UniPC-4", samplers.AdaptiveUniPC(rtol=0.01, atol=0.001)),
     ("adaptive SDE (GGF)", samplers.AdaptiveSDE()),
 ]
 
