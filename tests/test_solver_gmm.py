@@ -119,24 +119,32 @@ def test_lands_on_eight_gaussians_all_sdes_slow(name, sampler, sde_name, thresho
 GAUSS = anisotropic_gaussian()
 
 
-@pytest.mark.parametrize("prediction", ["x0", "eps"])
-@pytest.mark.parametrize("order", [2, 3])
-@pytest.mark.parametrize("sde_name", list(SDES))
-def test_adaptive_ode_error_tracks_tolerance(sde_name, order, prediction):
-    """Tighter rtol = atol: more NFE, smaller error, and RMS error ≤ 10 × tol (measured ≤ 2 ×)."""
-    sde = SDES[sde_name]
+def _tolerance_sweep(sde, make):
+    """Run ``make(tol)`` for rtol = atol = 1e-2, 1e-3, 1e-4 against the exact flow of GAUSS: every run's
+    RMS error ≤ 10 × tol and its times span [eps, T]; the NFE grows as the tolerance tightens.
+    Returns (nfes, errors, model, x_T, exact)."""
     model = GAUSS.score_model(sde)
     x_T = prior_draw(sde, 16, GAUSS.dim)
     exact = GAUSS.flow(x_T, sde.T, sde.eps, sde)
     nfes, errors = [], []
     for tol in (1e-2, 1e-3, 1e-4):
-        out = AdaptiveDPMSolver(order=order, rtol=tol, atol=tol, prediction=prediction, denoise=False).sample(model, x_T=x_T)
+        out = make(tol).sample(model, x_T=x_T)
         err = float((out.x - exact).pow(2).mean().sqrt())
         assert err <= 10 * tol, f"tol {tol}: RMS error {err:.2e}"
         assert out.times[0] == sde.T and math.isclose(float(out.times[-1]), sde.eps, rel_tol=1e-9)
         nfes.append(out.nfe)
         errors.append(err)
     assert nfes[0] < nfes[1] < nfes[2], nfes
+    return nfes, errors, model, x_T, exact
+
+
+@pytest.mark.parametrize("prediction", ["x0", "eps"])
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_adaptive_ode_error_tracks_tolerance(sde_name, order, prediction):
+    """Tighter rtol = atol: more NFE, smaller error, and RMS error ≤ 10 × tol (measured ≤ 2 ×)."""
+    nfes, errors, *_ = _tolerance_sweep(SDES[sde_name], lambda tol: AdaptiveDPMSolver(
+        order=order, rtol=tol, atol=tol, prediction=prediction, denoise=False))
     assert errors[0] > errors[1] >= errors[2] and errors[2] < errors[0] / 20, errors
 
 
@@ -145,18 +153,7 @@ def test_adaptive_unipc_error_tracks_tolerance(sde_name):
     """AdaptiveUniPC: tighter rtol = atol → more NFE, smaller error, RMS error ≤ 10 × tol; and at equal
     accuracy it needs fewer evaluations than the 3-NFE-per-step DPM-Solver-23 pair."""
     sde = SDES[sde_name]
-    model = GAUSS.score_model(sde)
-    x_T = prior_draw(sde, 16, GAUSS.dim)
-    exact = GAUSS.flow(x_T, sde.T, sde.eps, sde)
-    nfes, errors = [], []
-    for tol in (1e-2, 1e-3, 1e-4):
-        out = AdaptiveUniPC(rtol=tol, atol=tol, denoise=False).sample(model, x_T=x_T)
-        err = float((out.x - exact).pow(2).mean().sqrt())
-        assert err <= 10 * tol, f"tol {tol}: RMS error {err:.2e}"
-        assert out.times[0] == sde.T and math.isclose(float(out.times[-1]), sde.eps, rel_tol=1e-9)
-        nfes.append(out.nfe)
-        errors.append(err)
-    assert nfes[0] < nfes[1] < nfes[2], nfes
+    nfes, errors, model, x_T, exact = _tolerance_sweep(sde, lambda tol: AdaptiveUniPC(rtol=tol, atol=tol, denoise=False))
     assert errors[0] > errors[1] > errors[2], errors
     pair = AdaptiveDPMSolver(rtol=1e-4, atol=1e-4, denoise=False).sample(model, x_T=x_T)
     pair_err = float((pair.x - exact).pow(2).mean().sqrt())

@@ -26,11 +26,11 @@ import types
 import warnings
 from typing import Dict, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..model import ScoreModel
+from .problems import scipy_pf_ode
 
 _KDIFF_CACHE: Dict[str, Optional[types.ModuleType]] = {}
 
@@ -178,27 +178,8 @@ def run_score_sde_ode(model: ScoreModel, x_T: Tensor, rtol: float = 1e-5, atol: 
     """score_sde's ODE sampler: scipy ``solve_ivp`` on the flattened PF-ODE from T to eps (state in float64,
     drift by the model in x_T's dtype), then the Tweedie denoise at eps. Returns (x̂_0, NFE: every drift
     evaluation plus the denoise)."""
-    from scipy.integrate import solve_ivp
-
-    sde, shape, dtype = model.sde, x_T.shape, x_T.dtype
-    calls = [0]
-
-    def drift(t: float, y: np.ndarray) -> np.ndarray:
-        calls[0] += 1
-        t64 = torch.tensor(t, dtype=torch.float64)
-        x = torch.from_numpy(y).reshape(shape).to(dtype)
-        score = model._predict(x, t64).score
-        out = float(sde._f(t64)) * x - 0.5 * float(sde._g2(t64)) * score
-        return out.reshape(-1).double().numpy()
-
-    with torch.no_grad():
-        sol = solve_ivp(drift, (sde.T, sde.eps), x_T.detach().double().reshape(-1).cpu().numpy(),
-                        rtol=rtol, atol=atol, method=method)
-        if not sol.success:
-            raise RuntimeError(f"score_sde ODE sampler ({method}) failed: {sol.message}")
-        x = torch.from_numpy(sol.y[:, -1].copy()).reshape(shape).to(dtype)
-        x0 = model._predict(x, torch.tensor(sde.eps, dtype=torch.float64)).x0
-    return x0, calls[0] + 1
+    x0, drift_calls = scipy_pf_ode(model, x_T, rtol, atol, method, dtype=x_T.dtype)
+    return x0, drift_calls + 1
 
 
 def k_diffusion_available() -> bool:

@@ -38,44 +38,46 @@ class CallCounter:
 
 def counted_score_model(gmm: GaussianMixture, sde: LinearSDE):
     """The exact-score :class:`ScoreModel` of ``gmm`` under ``sde`` and the counter of its evaluations."""
-    counter = CallCounter(lambda x, t: gmm._score(x, t.double().cpu(), sde))
+    counter = CallCounter(gmm.score_model(sde).net.fn)
     return ScoreModel.from_score_fn(counter, sde), counter
 
 
-def pf_ode_rhs(gmm: GaussianMixture, sde: LinearSDE, shape, dtype=torch.float64):
-    """The flattened probability-flow drift dx/dt = f(t) x − ½ g(t)² ∇log p_t(x) as a numpy function of (t, y)."""
+def scipy_pf_ode(model: ScoreModel, x_T: Tensor, rtol: float, atol: float, method: str = "DOP853",
+                 dtype: torch.dtype = torch.float64, denoise: bool = True):
+    """The probability-flow ODE from T to eps with scipy's ``solve_ivp`` on the flattened state (float64),
+    the model evaluated in ``dtype``; then, if ``denoise``, the Tweedie x̂_0 at eps.
+    Returns (x, number of drift evaluations, the denoise not included)."""
+    from scipy.integrate import solve_ivp
 
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+    sde, shape = model.sde, x_T.shape
+    calls = [0]
+
+    def drift(t: float, y: np.ndarray) -> np.ndarray:
+        calls[0] += 1
         t64 = torch.tensor(t, dtype=torch.float64)
         x = torch.from_numpy(y).reshape(shape).to(dtype)
-        score = gmm._score(x, t64, sde)
-        drift = float(sde._f(t64)) * x - 0.5 * float(sde._g2(t64)) * score
-        return drift.reshape(-1).double().numpy()
+        return sde.probability_flow_drift(x, t64, model._predict(x, t64).score).reshape(-1).double().numpy()
 
-    return rhs
+    with torch.no_grad():
+        sol = solve_ivp(drift, (sde.T, sde.eps), x_T.detach().double().reshape(-1).cpu().numpy(),
+                        method=method, rtol=rtol, atol=atol)
+        if not sol.success:
+            raise RuntimeError(f"{method} PF-ODE solve failed: {sol.message}")
+        x = torch.from_numpy(sol.y[:, -1].copy()).reshape(shape).to(dtype)
+        if denoise:
+            x = model._predict(x, torch.tensor(sde.eps, dtype=torch.float64)).x0
+    return x, calls[0]
 
 
 def tweedie(gmm: GaussianMixture, sde: LinearSDE, x: Tensor, t: float) -> Tensor:
-    """Exact x̂_0 = (x + σ² ∇log p_t(x))/α in float64."""
-    t64 = torch.tensor(t, dtype=torch.float64)
-    alpha, sigma = float(sde._log_alpha(t64).exp()), float(sde._log_sigma(t64).exp())
-    return (x + sigma**2 * gmm._score(x, t64, sde)) / alpha
+    """Exact x̂_0 = (x + σ² ∇log p_t(x))/α."""
+    return gmm.score_model(sde).x0(x, t)
 
 
 def solve_pf_ode(gmm: GaussianMixture, sde: LinearSDE, x_T: Tensor, rtol: float = REFERENCE_RTOL,
                  atol: float = REFERENCE_ATOL, method: str = "DOP853", denoise: bool = True):
-    """float64 PF-ODE solution from T to eps with scipy (then x̂_0 at eps); returns (x, number of drift evaluations)."""
-    from scipy.integrate import solve_ivp
-
-    x64 = x_T.detach().double().cpu()
-    rhs = CallCounter(pf_ode_rhs(gmm, sde, x64.shape))
-    sol = solve_ivp(rhs, (sde.T, sde.eps), x64.reshape(-1).numpy(), method=method, rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"reference {method} solve failed: {sol.message}")
-    x = torch.from_numpy(sol.y[:, -1].copy()).reshape(x64.shape)
-    if denoise:
-        x = tweedie(gmm, sde, x, sde.eps)
-    return x, rhs.calls
+    """The reference: float64 PF-ODE solution from T to eps with scipy (then x̂_0 at eps); returns (x, drift evaluations)."""
+    return scipy_pf_ode(gmm.score_model(sde), x_T.detach().double().cpu(), rtol, atol, method, denoise=denoise)
 
 
 def anisotropic_mixture(dim: int = 16, components: int = 4, min_var: float = 1e-3, max_var: float = 1.0,

@@ -58,8 +58,8 @@ class AdaptiveSDE(Sampler):
     def _drift_and_g(ctx: SamplingContext, x: Tensor, t: float):
         sde = ctx.sde
         t64 = torch.tensor(t, dtype=torch.float64)
-        drift = float(sde._f(t64)) * x - float(sde._g2(t64)) * ctx.score(x, t)
-        return drift, math.sqrt(max(float(sde._g2(t64)), 0.0))
+        g2 = float(sde._g2(t64))
+        return float(sde._f(t64)) * x - g2 * ctx.score(x, t), math.sqrt(max(g2, 0.0))
 
     def _run(self, ctx: SamplingContext, x: Tensor):
         sde = ctx.sde

@@ -24,6 +24,7 @@ from torch import Tensor
 from .._checks import positive_int
 from ..model import Prediction, ScoreModel
 from ..sde import LinearSDE, randn
+from .exponential import Point
 from .grids import GridLike, make_grid
 
 Callback = Callable[[Dict[str, Any]], None]
@@ -74,6 +75,16 @@ class Interval:
     def alpha_ts(self) -> float:
         """α_{t|s} = α_t/α_s of the forward kernel x_t | x_s."""
         return self.alpha_t / self.alpha_s
+
+    @property
+    def start(self) -> Point:
+        """The schedule at t, as the exponential integrators take it."""
+        return Point(self.t, self.alpha_t, self.sigma_t, self.lambda_t)
+
+    @property
+    def end(self) -> Point:
+        """The schedule at s."""
+        return Point(self.s, self.alpha_s, self.sigma_s, self.lambda_s)
 
     @property
     def var_ts(self) -> float:

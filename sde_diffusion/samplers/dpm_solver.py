@@ -79,8 +79,8 @@ class DPMSolver(FixedStepSampler):
 
     # ----- the step -----
     def step(self, ctx: SamplingContext, x: Tensor, iv: Interval) -> Tensor:
-        start = Point(iv.t, iv.alpha_t, iv.sigma_t, iv.lambda_t)
-        end = Point(iv.s, iv.alpha_s, iv.sigma_s, iv.lambda_s)
+        start = iv.start
+        end = iv.end
         y0 = self._target(ctx, x, iv.t)
         if self.multistep:
             return self._multistep(ctx, x, iv.i, start, end, y0)

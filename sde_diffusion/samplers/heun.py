@@ -52,7 +52,7 @@ class Heun(FixedStepSampler):
         sde = ctx.sde
         sig_t, sig_s = iv.sigma_t / iv.alpha_t, iv.sigma_s / iv.alpha_s
         x = x / iv.alpha_t
-        start = Point(iv.t, iv.alpha_t, iv.sigma_t, iv.lambda_t)
+        start = iv.start
         gamma = min(self.s_churn / ctx.state["steps"], math.sqrt(2) - 1) if self.s_tmin <= sig_t <= self.s_tmax else 0.0
         if gamma > 0:
             lam_max = float(sde._log_snr(sde._time(sde.T)))
@@ -62,6 +62,6 @@ class Heun(FixedStepSampler):
             sig_t = sig_hat
         d = (x - self._denoise(ctx, x, start)) / sig_t
         x_euler = x + (sig_s - sig_t) * d
-        end = Point(iv.s, iv.alpha_s, iv.sigma_s, iv.lambda_s)
+        end = iv.end
         d_end = (x_euler - self._denoise(ctx, x_euler, end)) / sig_s
         return iv.alpha_s * (x + (sig_s - sig_t) * 0.5 * (d + d_end))

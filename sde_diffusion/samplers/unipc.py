@@ -81,7 +81,7 @@ class UniPC(FixedStepSampler):
         return step_order(self.order, i, steps, self.lower_order_final)
 
     def step(self, ctx: SamplingContext, x: Tensor, iv: Interval) -> Tensor:
-        point = Point(iv.t, iv.alpha_t, iv.sigma_t, iv.lambda_t)
+        point = iv.start
         m = ctx.x0(x, iv.t)
         state = ctx.state
         history = state.setdefault("history", [])  # [(λ, x̂_0)], newest first
@@ -90,7 +90,7 @@ class UniPC(FixedStepSampler):
         history.insert(0, (point.lam, m))
         del history[self.order:]
         order = self._step_order(iv.i, state["steps"])
-        end = Point(iv.s, iv.alpha_s, iv.sigma_s, iv.lambda_s)
+        end = iv.end
         state.update(x_prev=x, start=point, order=order)
         return self._predict(x, point, end, history, order)
 
