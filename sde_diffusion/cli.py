@@ -1,7 +1,12 @@
-"""Command line: ``sde-diffusion demo | bench {solvers,overhead}`` (also ``python -m sde_diffusion``)."""
+"""Command line: ``sde-diffusion train | sample | demo | bench …`` (also ``python -m sde_diffusion``).
+
+Errors in the input (a bad flag value, a missing or unsafe checkpoint, a NaN during training) print one
+line ``sde-diffusion: error: …`` and exit with status 2; set SDE_DIFFUSION_DEBUG=1 for the traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -12,6 +17,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score-based generative modelling with SDEs: forward SDEs, exact-score ground truth, pluggable samplers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from .cli_train import add_sample_arguments, add_train_arguments
+
+    add_train_arguments(sub.add_parser(
+        "train", help="train a score network by denoising score matching (also under torchrun)",
+        description="Train a score network by denoising score matching. Defaults depend on --data: "
+                    "`train --data digits --out DIR` alone trains a good digits model on 2 CPU cores in ≤ 10 minutes."))
+    add_sample_arguments(sub.add_parser(
+        "sample", help="draw samples from a trained checkpoint with any sampler (.npz or .png)",
+        description="Draw samples from a checkpoint (EMA weights) with any sampler; under torchrun the samples are "
+                    "shared out over the processes and rank 0 writes them all."))
     demo = sub.add_parser("demo", help="run every sampler on a 2-D GMM with exact score; print a table, write a PNG")
     demo.add_argument("--out", default="demo_output", help="output folder for samples.png and table.md (default: %(default)s)")
     demo.add_argument("--n", type=int, default=2000, help="number of samples per sampler (default: %(default)s)")
@@ -19,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: solver accuracy per NFE against peers, sampler loop overhead",
                            description="Benchmarks; results go to benchmarks/results/ by default.")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    from .bench import overhead, solvers  # light: heavy imports happen when a benchmark runs
+    from .bench import overhead, solvers, train_digits, unet  # light: heavy imports happen when a benchmark runs
 
     solvers.add_arguments(targets.add_parser(
         "solvers", help="error vs NFE on exact-score GMMs, k-diffusion and score_sde peers in the same run",
@@ -27,19 +42,49 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_arguments(targets.add_parser(
         "overhead", help="each fixed-step sampler's wall time per step against a hand-written loop",
         description=overhead.__doc__.split("\n\n")[0]))
+    train_digits.add_arguments(targets.add_parser(
+        "train", help="train on digits with the defaults; FD, confidence and copy check per sampler",
+        description=train_digits.__doc__.split("\n\n")[0]))
+    unet.add_arguments(targets.add_parser(
+        "unet", help="forward+backward images/s of our UNet against diffusers' UNet2DModel (CPU)",
+        description=unet.__doc__.split("\n\n")[0]))
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get("SDE_DIFFUSION_DEBUG"):
+        return _run(args, argv)
+    from .training import CheckpointError, NonFiniteLossError
+
+    try:
+        return _run(args, argv)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, CheckpointError, NonFiniteLossError, RuntimeError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"sde-diffusion: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sde-diffusion: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
+    if args.command == "train":
+        from .cli_train import run_train
+
+        return run_train(args)
+    if args.command == "sample":
+        from .cli_train import run_sample
+
+        return run_sample(args)
     if args.command == "demo":
         from .demo import run_demo
 
         run_demo(args.out, n=args.n, seed=args.seed)
     elif args.command == "bench":
-        from .bench import overhead, solvers
+        from .bench import overhead, solvers, train_digits, unet
 
-        module = solvers if args.target == "solvers" else overhead
+        module = {"solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet}[args.target]
         module.run(args, " ".join(["sde-diffusion"] + list(sys.argv[1:] if argv is None else argv)))
     return 0
 

@@ -4,18 +4,25 @@ With x_t = α x_0 + σ ε every view follows from any one (Ho et al. 2020; Salim
 
     score s = −ε/σ,          x̂_0 = (x − σ ε)/α,
     v = α ε − σ x_0   ⇒   x̂_0 = (α x − σ v)/(α² + σ²),   ε = (σ x + α v)/(α² + σ²).
+
+"edm" is Karras et al.'s preconditioning (2022, "Elucidating the Design Space of Diffusion-Based
+Generative Models", Table 1), applied to the VE-equivalent state x̃ = x/α at σ̃ = σ/α of any linear SDE:
+
+    x̂_0 = D(x̃; σ̃) = c_skip x̃ + c_out F_θ(c_in x̃, c_noise),
+    c_skip = σ_d²/(σ̃² + σ_d²),  c_out = σ̃ σ_d/√(σ̃² + σ_d²),  c_in = 1/√(σ̃² + σ_d²),  c_noise = ¼ ln σ̃.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+import math
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import TimeLike, check_batch, per_sample
+from ._checks import TimeLike, check_batch, per_sample, positive
 from .sde import DiscreteVPSDE, LinearSDE
 
-PREDICTIONS = ("eps", "score", "x0", "v")
+PREDICTIONS = ("eps", "score", "x0", "v", "edm")
 TIME_INPUTS = ("continuous", "index")
 
 
@@ -75,13 +82,16 @@ class _ScoreFn(nn.Module):
 
 
 class ScoreModel(nn.Module):
-    """``net(x, t, **model_kwargs)`` predicting ``prediction`` ∈ {"eps", "score", "x0", "v"} under ``sde``.
+    """``net(x, t, **model_kwargs)`` predicting ``prediction`` ∈ {"eps", "score", "x0", "v", "edm"} under ``sde``.
 
     ``time_input="continuous"`` feeds the network t ∈ [0, T] (shape (batch,), x's dtype);
     ``"index"`` feeds DDPM step indices i = round(N t − 1) of a :class:`DiscreteVPSDE`.
+    ``prediction="edm"`` instead calls ``net(c_in x/α, c_noise)`` and returns x̂_0 = c_skip x/α + c_out net(…)
+    with the data std ``sigma_data`` = σ_d (Karras et al. 2022; see the module docstring).
     """
 
-    def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps", time_input: str = "continuous"):
+    def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps", time_input: str = "continuous",
+                 sigma_data: float = 0.5):
         super().__init__()
         if not callable(net):
             raise TypeError(f"net must be callable net(x, t, **kwargs), got {type(net).__name__}")
@@ -93,10 +103,14 @@ class ScoreModel(nn.Module):
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
         if time_input == "index" and not isinstance(sde, DiscreteVPSDE):
             raise ValueError("time_input='index' needs a DiscreteVPSDE (step indices are defined by its schedule)")
+        if time_input == "index" and prediction == "edm":
+            raise ValueError("prediction='edm' feeds the network c_noise = ¼ ln σ̃, not a step index: "
+                             "use time_input='continuous'")
         self.net = net if isinstance(net, nn.Module) else _ScoreFn(net)
         self.sde = sde
         self.prediction = prediction
         self.time_input = time_input
+        self.sigma_data = positive(sigma_data, "sigma_data")
 
     @classmethod
     def from_score_fn(cls, fn: Callable[..., Tensor], sde: LinearSDE) -> "ScoreModel":
@@ -123,9 +137,12 @@ class ScoreModel(nn.Module):
         return self.predict(x, t, **model_kwargs).x0
 
     def forward(self, x: Tensor, t: TimeLike, **model_kwargs: Any) -> Tensor:
-        """The network's raw output (the ``prediction`` quantity)."""
+        """The network's raw output (the ``prediction`` quantity; for "edm" F_θ(c_in x̃, c_noise))."""
         t64 = self.sde._time(t)
         check_batch(t64, x)
+        if self.prediction == "edm":
+            net_x, c_noise, _, _ = self._edm_scalings(x, *self._alpha_sigma(x, t64))
+            return self.net(net_x, c_noise, **model_kwargs)
         return self.net(x, self._net_time(x, t64), **model_kwargs)
 
     # ----- unvalidated fast path for samplers: t is a float, or a float64 scalar or (batch,) tensor, in [0, T] -----
@@ -148,17 +165,44 @@ class ScoreModel(nn.Module):
     ) -> Prediction:
         """One evaluation; ``alpha``/``sigma`` may be passed when the caller already knows α(t), σ(t)."""
         net = self.net.fn if type(self.net) is _ScoreFn else self.net  # a plain function skips nn.Module's call machinery
-        out = net(x, self._net_time(x, t), **(model_kwargs or {}))
-        if out.shape != x.shape:
-            raise ValueError(f"net output has shape {tuple(out.shape)}, expected the input's shape {tuple(x.shape)}")
+        if self.prediction == "edm":
+            if alpha is None or sigma is None:
+                alpha, sigma = self._alpha_sigma(x, t)
+            net_x, c_noise, c_skip, c_out = self._edm_scalings(x, alpha, sigma)
+            out = _checked_output(net(net_x, c_noise, **(model_kwargs or {})), x)
+            return Prediction(x, alpha, sigma, x0=c_skip * (x / alpha) + c_out * out)
+        out = _checked_output(net(x, self._net_time(x, t), **(model_kwargs or {})), x)
         if alpha is None or sigma is None:
-            t64 = torch.as_tensor(t, dtype=torch.float64)
-            alpha = per_sample(self.sde._log_alpha(t64).exp(), x)
-            sigma = per_sample(self.sde._log_sigma(t64).exp(), x)
+            alpha, sigma = self._alpha_sigma(x, t)
         return _CONVERT[self.prediction](out, x, alpha, sigma)
 
+    def _alpha_sigma(self, x: Tensor, t: Union[float, Tensor]) -> Tuple[Tensor, Tensor]:
+        """α(t), σ(t) broadcast over x (x's dtype)."""
+        t64 = torch.as_tensor(t, dtype=torch.float64)
+        return per_sample(self.sde._log_alpha(t64).exp(), x), per_sample(self.sde._log_sigma(t64).exp(), x)
+
+    def _edm_scalings(self, x: Tensor, alpha: Coef, sigma: Coef) -> Tuple[Tensor, Tensor, Coef, Coef]:
+        """(c_in x̃, c_noise of shape (batch,), c_skip, c_out) at σ̃ = σ/α, x̃ = x/α (Karras et al. 2022, Table 1)."""
+        sigma_tilde = sigma / alpha
+        c_in = (sigma_tilde**2 + self.sigma_data**2) ** -0.5
+        c_skip = self.sigma_data**2 * c_in**2
+        c_out = sigma_tilde * self.sigma_data * c_in
+        if isinstance(sigma_tilde, Tensor):
+            c_noise = (0.25 * sigma_tilde.log()).reshape(-1).to(x.dtype).expand(x.shape[0])
+        else:
+            log_sigma_tilde = math.log(sigma_tilde) if sigma_tilde > 0 else -math.inf
+            c_noise = torch.full((x.shape[0],), 0.25 * log_sigma_tilde, dtype=x.dtype, device=x.device)
+        return (c_in / alpha) * x, c_noise, c_skip, c_out
+
     def extra_repr(self) -> str:
-        return f"prediction={self.prediction!r}, time_input={self.time_input!r}, sde={self.sde!r}"
+        return (f"prediction={self.prediction!r}, time_input={self.time_input!r}, sigma_data={self.sigma_data:g}, "
+                f"sde={self.sde!r}")
+
+
+def _checked_output(out: Tensor, x: Tensor) -> Tensor:
+    if out.shape != x.shape:
+        raise ValueError(f"net output has shape {tuple(out.shape)}, expected the input's shape {tuple(x.shape)}")
+    return out
 
 
 def _from_eps(eps: Tensor, x: Tensor, alpha: Coef, sigma: Coef) -> Prediction:

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..sde import DiscreteVPSDE, LinearSDE
+from ..sde import LinearSDE
 from .base import FixedStepSampler, Interval, SamplingContext
 from .grids import GridLike, make_grid
 
@@ -40,7 +40,7 @@ class DDPM(FixedStepSampler):
         self._native_steps = steps is None
 
     def times(self, sde: LinearSDE) -> torch.Tensor:
-        if self._native_steps and isinstance(sde, DiscreteVPSDE) and not isinstance(self.grid, torch.Tensor):
+        if self._native_steps and sde.num_steps is not None and not isinstance(self.grid, torch.Tensor):
             return make_grid("uniform", sde, sde.num_steps - 1)  # t_i = (i + 1)/N, i = N−1 … 0
         return super().times(sde)
 

@@ -29,6 +29,8 @@ class LinearSDE(ABC):
     T: float = 1.0
     #: smallest time samplers integrate down to (the score is singular at t = 0)
     eps: float = 1e-3
+    #: number of discrete steps of a discrete-time process (DDPM), None for continuous time
+    num_steps: Optional[int] = None
 
     # ----- what a subclass provides (float64 tensors in, float64 tensors out) -----
     @abstractmethod

@@ -1,0 +1,207 @@
+"""``sde-diffusion train`` and ``sde-diffusion sample``: argument parsers and what they run.
+
+Both work under ``torchrun`` (several processes: DDP training; sampling sharded over ranks, rank 0 writes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+from .training.config import SDES
+
+DATA_CHOICES = "digits, mnist, moons, swiss_roll, eight_gaussians, checkerboard, or a PATH (.npy/.npz/image folder)"
+WEIGHTINGS = ("eps", "score", "likelihood", "edm", "v")
+PREDICTIONS = ("eps", "score", "x0", "v", "edm")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help=f"training data: {DATA_CHOICES}")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, samples/")
+    p.add_argument("--sde", choices=sorted(SDES), help="forward SDE (default per data set: vp)")
+    p.add_argument("--net", help="network: tiny | small | ddpmpp (UNets for images) | mlp (vectors); default per data set")
+    p.add_argument("--prediction", choices=PREDICTIONS, help="what the network predicts (default eps)")
+    p.add_argument("--weighting", choices=WEIGHTINGS, help="DSM loss weighting (default eps)")
+    p.add_argument("--t-sampling", choices=("uniform", "stratified"), help="training times (default stratified)")
+    p.add_argument("--steps", type=int, help="optimizer steps (total, also when resuming)")
+    p.add_argument("--batch-size", type=int, help="batch size per step, over all processes")
+    p.add_argument("--lr", type=float, help="peak learning rate of AdamW")
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the weights used for sampling")
+    p.add_argument("--accumulate", type=int, help="gradient accumulation micro-batches per step")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="device (default cpu; under torchrun cuda:LOCAL_RANK)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--sample-every", type=int, help="steps between sample grids in DIR/samples (0: only at the end)")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="class-conditional net (labels of the data; label dropout for classifier-free guidance)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the network")
+    p.add_argument("--resume", action="store_true", help="continue the newest checkpoint in --out exactly")
+    p.add_argument("--config", help="a .json or .toml file with sections data, model, train (flags override it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a run directory (its newest checkpoint) or a checkpoint-<step> folder")
+    p.add_argument("--sampler", default="dpm_solver", help="sampler name, see `sd.samplers.available()` (default %(default)s)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps, for fixed-step samplers (default %(default)s)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampler option, e.g. --option order=3 --option eta=0.5 (VALUE read as JSON, else as text)")
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
+                   help="number of samples (default %(default)s); under torchrun write --num-samples (torchrun takes --n for itself)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    p.add_argument("--label", type=int, help="class label for a conditional model (default: labels cycle 0, 1, …)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples drawn per batch (default %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default %(default)s)")
+    p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
+    p.add_argument("--out", required=True, help="FILE.npz (key x: images (n,C,H,W) in [0,1], vectors in data units) or FILE.png")
+
+
+_TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "ema_decay": "ema_decay", "accumulate": "accumulate",
+                "seed": "seed", "device": "device", "checkpoint_every": "checkpoint_every", "sample_every": "sample_every",
+                "weighting": "weighting", "t_sampling": "t_sampling", "compile": "compile"}
+
+
+MODEL_KEYS = ("net", "net_options", "sde", "prediction", "sigma_data", "conditional")
+
+
+def data_name_from_args(args: argparse.Namespace) -> str:
+    """--data, else the config file's ``data``, else (when resuming) the checkpoint's."""
+    from .training.checkpoint import checkpoints
+    from .training.config import read_config_file
+
+    if args.data:
+        return args.data
+    if args.config and read_config_file(args.config).get("data"):
+        return read_config_file(args.config)["data"]
+    existing = checkpoints(args.out)
+    if args.resume and existing:
+        return json.loads((existing[-1] / "config.json").read_text())["data"]
+    raise ValueError(f"--data is required (one of: {DATA_CHOICES}) unless --config or a resumed checkpoint names it")
+
+
+def run_config_from_args(args: argparse.Namespace, data_name: str, data) -> "RunConfig":
+    """Defaults of the data set < --config file < flags; a resumed run starts from its checkpoint's config."""
+    from .training import RunConfig, TrainConfig
+    from .training.checkpoint import checkpoints
+    from .training.config import ModelConfig, read_config_file
+    from .training.presets import net_config, preset_for
+
+    existing = checkpoints(args.out)
+    if existing and not args.resume:
+        raise ValueError(f"{args.out} already holds checkpoints; pass --resume to continue it, or choose another --out")
+    file_cfg: Dict[str, Any] = read_config_file(args.config) if args.config else {}
+    if args.resume and existing:
+        base = json.loads((existing[-1] / "config.json").read_text())
+        model_cfg, train = base["model"], dict(base["train"])
+    else:
+        preset = preset_for(data_name, data.kind, data.x.shape[2] if data.x.dim() == 4 else 0)
+        model_in = dict(file_cfg.get("model", {}))
+        unknown = set(model_in) - set(MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"config section [model] has unknown keys {sorted(unknown)}; valid keys: {list(MODEL_KEYS)}")
+        conditional = bool(args.conditional or model_in.get("conditional", False))
+        if conditional and data.num_classes is None:
+            raise ValueError(f"--conditional needs labelled data; {data_name} has no labels")
+        num_classes = data.num_classes if conditional else None
+        sde = {"name": args.sde} if args.sde else model_in.get("sde", preset["sde"])
+        model_cfg = {"sde": {"name": sde} if isinstance(sde, str) else dict(sde),
+                     "net": net_config(args.net or model_in.get("net", preset["net"]), data.x.shape[1:], num_classes,
+                                       model_in.get("net_options")),
+                     "prediction": args.prediction or model_in.get("prediction", preset["prediction"]),
+                     "sigma_data": float(model_in.get("sigma_data", 0.5)), "data_shape": list(data.x.shape[1:]),
+                     "num_classes": num_classes}
+        train = {**preset["train"], **file_cfg.get("train", {})}
+    for flag, key in _TRAIN_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            train[key] = value
+    if args.no_progress:
+        train["progress"] = False
+    return RunConfig(data=data_name, model=ModelConfig(**model_cfg), train=TrainConfig(**train))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .data import load
+    from .nets import build
+    from .training import Trainer
+    from .training import distributed
+    from .training.checkpoint import build_model
+
+    data_name = data_name_from_args(args)
+    data = load(data_name)
+    config = run_config_from_args(args, data_name, data)
+    env = distributed.setup(config.train.device)
+    try:
+        import torch
+
+        torch.manual_seed(config.train.seed)  # the initial weights
+        model = build_model(config, build(config.model.net))
+        trainer = Trainer(model, data, config.train, out_dir=args.out, resume=args.resume and _has_checkpoints(args.out),
+                          data_name=data_name, env=env)
+        record = trainer.fit()
+        if env.is_main:
+            loss = f", loss {record['loss']:.4f}" if record else ""
+            print(f"trained {trainer.step} steps{loss}; checkpoint in {args.out}", file=sys.stderr)
+    finally:
+        distributed.teardown(env)
+    return 0
+
+
+def _has_checkpoints(out: str) -> bool:
+    from .training.checkpoint import checkpoints
+
+    return bool(checkpoints(out))
+
+
+def parse_options(items) -> Dict[str, Any]:
+    options: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--option must be KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .sample import chunks, draw_samples, make_sampler, save_samples
+    from .training import distributed, load_checkpoint
+
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError(f"--n and --batch-size must be positive, got {args.n} and {args.batch_size}")
+    if not args.out.endswith((".npz", ".png")):
+        raise ValueError(f"--out must end in .npz or .png, got {args.out}")
+    env = distributed.setup(args.device)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=env.device, weights=args.weights)
+        sampler = make_sampler(args.sampler, args.steps, **parse_options(args.option))
+        shape = tuple(ckpt.config.model.data_shape)
+        labels = None
+        classes = ckpt.config.model.num_classes
+        if classes is not None:
+            if args.label is not None and not 0 <= args.label < classes:
+                raise ValueError(f"--label must lie in [0, {classes - 1}], got {args.label}")
+            labels = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % classes
+        elif args.label is not None:
+            raise ValueError("--label needs a class-conditional checkpoint (trained with --conditional)")
+        mine = [k for k, _ in chunks(args.n, args.batch_size)][env.rank::env.world_size]
+        parts = []
+        for k in mine:
+            x = draw_samples(ckpt.model, sampler, args.n, shape, args.seed, device=env.device, labels=labels,
+                             batch_size=args.batch_size, only=[k])
+            parts.append((k, x))
+        gathered = distributed.gather_chunks(parts, env)
+        if env.is_main:
+            x = torch.cat([t for _, t in gathered])
+            save_samples(x, args.out)
+            print(f"wrote {len(x)} samples to {args.out}", file=sys.stderr)
+    finally:
+        distributed.teardown(env)
+    return 0
