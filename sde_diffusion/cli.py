@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: solver accuracy per NFE against peers, sampler loop overhead",
                            description="Benchmarks; results go to benchmarks/results/ by default.")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    from .bench import overhead, solvers, train_digits, unet  # light: heavy imports happen when a benchmark runs
+    from .bench import overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
 
     solvers.add_arguments(targets.add_parser(
         "solvers", help="error vs NFE on exact-score GMMs, k-diffusion and score_sde peers in the same run",
@@ -48,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     unet.add_arguments(targets.add_parser(
         "unet", help="forward+backward images/s of our UNet against diffusers' UNet2DModel (CPU)",
         description=unet.__doc__.split("\n\n")[0]))
+    score_error.add_arguments(targets.add_parser(
+        "score_error", help="trained MLP vs exact score on a 2-D GMM: score error per t, MMD of samples",
+        description=score_error.__doc__.split("\n\n")[0]))
+    trainer_overhead.add_arguments(targets.add_parser(
+        "trainer_overhead", help="Trainer.fit() wall time against a hand-written training loop",
+        description=trainer_overhead.__doc__.split("\n\n")[0]))
+    train_throughput.add_arguments(targets.add_parser(
+        "throughput", help="training images/s, peak memory, MFU: fp32 eager vs bf16 + compile + channels_last",
+        description=train_throughput.__doc__.split("\n\n")[0]))
     return parser
 
 
@@ -82,9 +91,10 @@ def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
 
         run_demo(args.out, n=args.n, seed=args.seed)
     elif args.command == "bench":
-        from .bench import overhead, solvers, train_digits, unet
+        from .bench import overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet
 
-        module = {"solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet}[args.target]
+        module = {"solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet, "score_error": score_error,
+                  "trainer_overhead": trainer_overhead, "throughput": train_throughput}[args.target]
         module.run(args, " ".join(["sde-diffusion"] + list(sys.argv[1:] if argv is None else argv)))
     return 0
 

@@ -117,6 +117,15 @@ class ScoreModel(nn.Module):
         """A model from an analytic score fn(x, t, **kwargs) -> ∇ log p_t(x)."""
         return cls(fn, sde, prediction="score")
 
+    def with_net(self, net: nn.Module) -> "ScoreModel":
+        """The same parametrization and SDE around another network: its DDP or compiled wrapper, its EMA copy."""
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be an nn.Module, got {type(net).__name__}")
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._modules = {**self._modules, "net": net}
+        return clone
+
     # ----- views (validated public API) -----
     def predict(self, x: Tensor, t: TimeLike, **model_kwargs: Any) -> Prediction:
         """One network evaluation, returned as (eps, x0, score)."""

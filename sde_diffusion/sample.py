@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import samplers
 from ._io import atomic_path
+from .data import to_unit
 from .model import ScoreModel
 
 
@@ -69,7 +70,7 @@ def draw_samples(model: ScoreModel, sampler: Union[str, samplers.Sampler], n: in
 
 def to_output(x: Tensor, image: bool) -> Tensor:
     """Images from the model's [−1, 1] to [0, 1] (clamped); vectors unchanged (data units)."""
-    return ((x + 1) / 2).clamp(0, 1) if image else x
+    return to_unit(x) if image else x
 
 
 def save_samples(x: Tensor, path, reference: Optional[Tensor] = None) -> None:

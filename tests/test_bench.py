@@ -150,3 +150,32 @@ def test_overhead_hand_loops_do_the_same_arithmetic(tmp_path):
     assert {r["sampler"] for r in data["rows"]} >= {"EulerMaruyama", "DDIM", "TorchSDE (euler)"}
     assert all(r["ratio"] > 0 for r in data["rows"])
     assert (tmp_path / "overhead.md").read_text().startswith("# Sampler overhead")
+
+
+def test_demo_trained_rows_follow_their_exact_rows_from_the_same_x_T(tmp_path, monkeypatch):
+    """With the exact model standing in for the trained one, every "(trained MLP)" row must equal its exact row:
+    same sampler, same x_T and noise. Without training the table has only the exact rows, unchanged."""
+    from sde_diffusion import demo
+    from sde_diffusion.bench import score_error
+
+    def fake_training(x, seed=0, **overrides):
+        exact = eight_gaussians().score_model(VPSDE())
+        return score_error.ToyTraining(exact, exact, 0.0, 0, {}, {"batch_size": 512})
+
+    monkeypatch.setattr(score_error, "train_toy_model", fake_training)
+    plain = demo.run_demo(tmp_path / "plain", n=48, seed=1, train=False)
+    rows = demo.run_demo(tmp_path / "trained", n=48, seed=1)
+    assert [r.name for r in plain] == [name for name, _ in demo.DEMO_SAMPLERS]
+    assert len(rows) == len(plain) + len(demo.TRAINED_SAMPLERS)
+    names = [r.name for r in rows]
+    for name in demo.TRAINED_SAMPLERS:
+        i = names.index(name)
+        exact_row, trained_row = rows[i], rows[i + 1]
+        assert trained_row.name == name + demo.TRAINED_SUFFIX
+        assert (trained_row.nfe, trained_row.mmd, trained_row.sliced_w2) == (exact_row.nfe, exact_row.mmd, exact_row.sliced_w2)
+    exact_rows = [(r.name, r.nfe, r.mmd, r.sliced_w2) for r in rows if not r.name.endswith(demo.TRAINED_SUFFIX)]
+    assert exact_rows == [(r.name, r.nfe, r.mmd, r.sliced_w2) for r in plain]  # training leaves the exact rows' draws alone
+    table = (tmp_path / "trained" / "table.md").read_text()
+    assert table.count(demo.TRAINED_SUFFIX + " |") == len(demo.TRAINED_SAMPLERS) and "toy preset" in table
+    assert demo.TRAINED_SUFFIX not in (tmp_path / "plain" / "table.md").read_text()
+    assert (tmp_path / "trained" / "samples.png").stat().st_size > (tmp_path / "plain" / "samples.png").stat().st_size

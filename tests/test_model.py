@@ -207,3 +207,25 @@ def test_bad_model_arguments():
         model.eps(torch.zeros(3, 2), torch.full((4,), 0.5))
     with pytest.raises(ValueError, match="t must lie"):
         model.score(torch.zeros(3, 2), 1.5)
+
+
+def test_with_net_shares_sde_and_parametrization_but_not_the_net():
+    sde = sd.VPSDE()
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    model = sd.ScoreModel(_LinearNet(a), sde, prediction="x0")
+    other = model.with_net(_LinearNet(b))
+    assert other.sde is sde and other.prediction == "x0" and other.net.inner is b and model.net.inner is a
+    x, t = torch.randn(3, 2), torch.full((3,), 0.4)
+    torch.testing.assert_close(other.x0(x, t), b(x))
+    torch.testing.assert_close(model.x0(x, t), a(x))
+    with pytest.raises(TypeError, match="net must be an nn.Module"):
+        model.with_net(lambda x, t: x)
+
+
+class _LinearNet(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, t):
+        return self.inner(x)

@@ -23,6 +23,7 @@ class EMA:
         self.decay = float(decay)
         self.num_updates = 0
         self.net = copy.deepcopy(net).eval().requires_grad_(False)
+        self._pairs = None  # (source net, ema params, source params, buffer pairs), built on first update
 
     def rate(self) -> float:
         """β for the next update."""
@@ -31,11 +32,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
-        beta = self.rate()
-        ema_params = list(self.net.parameters())
-        params = [p.detach() for p in net.parameters()]
-        torch._foreach_lerp_(ema_params, params, 1.0 - beta)
-        for b_ema, b in zip(self.net.buffers(), net.buffers()):
+        if self._pairs is None or self._pairs[0] is not net:
+            self._pairs = (net, list(self.net.parameters()), [p.detach() for p in net.parameters()],
+                           list(zip(self.net.buffers(), net.buffers())))
+        _, ema_params, params, buffers = self._pairs
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.rate())
+        for b_ema, b in buffers:
             b_ema.copy_(b)
         self.num_updates += 1
 
@@ -43,5 +45,5 @@ class EMA:
         return self.net.state_dict()
 
     def load_state_dict(self, state: Dict[str, Tensor], num_updates: int) -> None:
-        self.net.load_state_dict(state)
+        self.net.load_state_dict(state)  # copies into the same tensors, so the cached lists stay valid
         self.num_updates = int(num_updates)
