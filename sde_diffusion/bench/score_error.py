@@ -38,6 +38,7 @@ from torch import Tensor
 
 from .. import samplers
 from .._checks import check_finite, positive_int
+from ._standalone import entry_points
 from .._io import atomic_path, write_text
 from ..data import Dataset, eight_gaussians
 from ..losses import dsm_loss
@@ -407,15 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(prog: str = "sde-diffusion bench score_error") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0]))
-
-
-def main(argv: Optional[List[str]] = None, prog: str = "sde-diffusion bench score_error") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    run(args, " ".join([prog] + argv))
-    return 0
+build_parser, main = entry_points(add_arguments, run, __doc__, "sde-diffusion bench score_error")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import samplers
+from ._standalone import entry_points
 from .._io import atomic_path, write_text
 from ..metrics import sliced_wasserstein
 from . import peers
@@ -678,10 +679,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(prog: str = "sde-diffusion bench solvers") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0]))
-
-
 def run(args: argparse.Namespace, command: str, log=print) -> Dict[str, Any]:
     """Run the benchmark and write the reports (torch's thread count is restored afterwards)."""
     threads = torch.get_num_threads()
@@ -751,11 +748,7 @@ def _run(args: argparse.Namespace, command: str, log) -> Dict[str, Any]:
     return report
 
 
-def main(argv: Optional[List[str]] = None, prog: str = "sde-diffusion bench solvers") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    run(args, " ".join([prog] + argv))
-    return 0
+build_parser, main = entry_points(add_arguments, run, __doc__, "sde-diffusion bench solvers")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .._checks import positive, positive_int
+from ._standalone import entry_points
 from .._io import write_text
 from ..data import Dataset
 from ..losses import dsm_loss
@@ -417,15 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(prog: str = "sde-diffusion bench throughput") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0]))
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "sde-diffusion bench throughput") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    run(args, " ".join([prog] + argv))
-    return 0
+build_parser, main = entry_points(add_arguments, run, __doc__, "sde-diffusion bench throughput")
 
 
 if __name__ == "__main__":

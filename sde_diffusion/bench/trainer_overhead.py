@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .._checks import positive_int
+from ._standalone import entry_points
 from .._io import write_text
 from ..data import Dataset, digits, load
 from ..losses import dsm_loss
@@ -298,15 +299,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(prog: str = "sde-diffusion bench trainer_overhead") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0]))
-
-
-def main(argv: Optional[Sequence[str]] = None, prog: str = "sde-diffusion bench trainer_overhead") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    run(args, " ".join([prog] + argv))
-    return 0
+build_parser, main = entry_points(add_arguments, run, __doc__, "sde-diffusion bench trainer_overhead")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ._standalone import entry_points
 from .._io import write_text
 from ..nets import CONFIGS, UNet, parameter_count
 
@@ -206,15 +207,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def build_parser(prog: str = "sde-diffusion bench unet") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0]))
-
-
-def main(argv: Optional[List[str]] = None, prog: str = "sde-diffusion bench unet") -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    run(args, " ".join([prog] + argv))
-    return 0
+build_parser, main = entry_points(add_arguments, run, __doc__, "sde-diffusion bench unet")
 
 
 if __name__ == "__main__":
