@@ -51,7 +51,11 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=64,
                    help="number of samples (default %(default)s); under torchrun write --num-samples (torchrun takes --n for itself)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    p.add_argument("--label", type=int, help="class label for a conditional model (default: labels cycle 0, 1, …)")
+    p.add_argument("--label", "--class", dest="label", type=int,
+                   help="class label for a conditional model (default: labels cycle 0, 1, …)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale w of a conditional model: ε_u + w(ε_c − ε_u); "
+                        "1 = conditional (default), 0 = unconditional")
     p.add_argument("--batch-size", type=int, default=256, help="samples drawn per batch (default %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default %(default)s)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
@@ -189,12 +193,17 @@ def run_sample(args: argparse.Namespace) -> int:
             if args.label is not None and not 0 <= args.label < classes:
                 raise ValueError(f"--label must lie in [0, {classes - 1}], got {args.label}")
             labels = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % classes
-        elif args.label is not None:
-            raise ValueError("--label needs a class-conditional checkpoint (trained with --conditional)")
+        elif args.label is not None or args.guidance_scale != 1.0:
+            raise ValueError("--label/--class and --guidance-scale need a class-conditional checkpoint (trained with --conditional)")
+        model = ckpt.model
+        if classes is not None and args.guidance_scale != 1.0:
+            from .guidance import ClassifierFreeGuidance
+
+            model = ClassifierFreeGuidance(model, args.guidance_scale, null_label=classes)
         mine = [k for k, _ in chunks(args.n, args.batch_size)][env.rank::env.world_size]
         parts = []
         for k in mine:
-            x = draw_samples(ckpt.model, sampler, args.n, shape, args.seed, device=env.device, labels=labels,
+            x = draw_samples(model, sampler, args.n, shape, args.seed, device=env.device, labels=labels,
                              batch_size=args.batch_size, only=[k])
             parts.append((k, x))
         gathered = distributed.gather_chunks(parts, env)

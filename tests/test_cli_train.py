@@ -71,6 +71,15 @@ def test_conditional_run_and_labels(tmp_path):
     assert cfg["model"]["num_classes"] == 3 and cfg["model"]["net"]["num_classes"] == 3
     assert main(["sample", "--checkpoint", str(out), "--steps", "2", "--n", "4", "--label", "2", "--out", str(tmp_path / "c.npz")]) == 0
     assert main(["sample", "--checkpoint", str(out), "--steps", "2", "--n", "4", "--label", "3", "--out", str(tmp_path / "c.npz")]) == 2
+    # classifier-free guidance from the command line equals the wrapper's samples
+    assert main(["sample", "--checkpoint", str(out), "--sampler", "ddim", "--steps", "3", "--n", "4", "--class", "1",
+                 "--guidance-scale", "2.5", "--out", str(tmp_path / "g.npz")]) == 0
+    ckpt = sd.training.load_checkpoint(out)
+    guided = sd.guidance.ClassifierFreeGuidance(ckpt.model, 2.5, null_label=3)
+    expected = sd.sample.draw_samples(guided, sd.samplers.DDIM(steps=3), 4, (3,), seed=0, labels=torch.full((4,), 1))
+    np.testing.assert_array_equal(np.load(tmp_path / "g.npz")["x"], expected.numpy())
+    plain = sd.sample.draw_samples(ckpt.model, sd.samplers.DDIM(steps=3), 4, (3,), seed=0, labels=torch.full((4,), 1))
+    assert not torch.equal(plain, expected)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -84,6 +93,7 @@ def test_conditional_run_and_labels(tmp_path):
     (["sample", "--checkpoint", "{run}", "--option", "order", "--out", "{tmp}/x.npz"], "KEY=VALUE"),
     (["sample", "--checkpoint", "{run}", "--option", "colour=3", "--out", "{tmp}/x.npz"], "no option"),
     (["sample", "--checkpoint", "{run}", "--out", "{tmp}/x.jpg"], "must end in .npz or .png"),
+    (["sample", "--checkpoint", "{run}", "--guidance-scale", "2", "--out", "{tmp}/x.npz"], "class-conditional checkpoint"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, args, message):
     run = train(tmp_path)

@@ -6,6 +6,12 @@ Under any linear SDE, x_t = α x_0 + σ ε maps a mixture Σ w_k N(μ_k, Σ_k) t
     ∇ log p_t(x) = −Σ_k r_k(x) (α² Σ_k + σ² I)⁻¹ (x − α μ_k),   r_k = posterior responsibility.
 
 That exact score drives every sampler test and benchmark without training a network.
+With a class label per component (``labels``) the class-conditional pieces are exact too: p(x | y) is the
+sub-mixture of class y's components, and the noisy classifier is Bayes' rule over the noised components,
+
+    log p(y = c | x_t) = logsumexp_{k: label_k = c} log w_k N_k,t(x) − logsumexp_k log w_k N_k,t(x),
+
+which is what classifier-free and classifier guidance (Ho & Salimans 2022; Dhariwal & Nichol 2021) need as ground truth.
 For a single Gaussian the probability-flow ODE is linear and solvable in closed form (:meth:`flow`).
 """
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._checks import check_finite
+from .._checks import check_batch, check_finite
 from ..model import ScoreModel
 from ..sde import LinearSDE, randn
 
@@ -27,9 +33,12 @@ class GaussianMixture:
     """Σ_k w_k N(means[k], covs[k]) in D dimensions (computations in float64).
 
     ``covs`` may be full (K, D, D), diagonal (K, D), or one variance per component (K,).
+    ``labels`` (optional, K integers in 0…C−1, every class used) gives each component a class; the class
+    prior is then π_c = Σ_{k: label_k = c} w_k and ``null_label`` = C stands for "no class".
     """
 
-    def __init__(self, means: ArrayLike, covs: ArrayLike, weights: Optional[ArrayLike] = None):
+    def __init__(self, means: ArrayLike, covs: ArrayLike, weights: Optional[ArrayLike] = None,
+                 labels: Optional[ArrayLike] = None):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.dim() != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
@@ -55,6 +64,7 @@ class GaussianMixture:
         self.weights = weights / weights.sum()
         self.eigvals, self.eigvecs = eigvals, eigvecs
         self.dim = d
+        self.labels = None if labels is None else _checked_labels(labels, k)
 
     # ----- data -----
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -123,8 +133,106 @@ class GaussianMixture:
         out = a1 * mu + (z * torch.sqrt(a1**2 * lam + s1**2)) @ u.T
         return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
+    # ----- classes: exact conditionals p(x | y) and the exact noisy classifier p(y | x_t) -----
+    @property
+    def num_classes(self) -> int:
+        """C, the number of classes (``labels`` must be set)."""
+        return int(self._labels().max()) + 1
+
+    @property
+    def null_label(self) -> int:
+        """The label (= C) that :meth:`conditional_score_model` reads as "unconditional"."""
+        return self.num_classes
+
+    @property
+    def class_weights(self) -> Tensor:
+        """The class prior π_c = Σ_{k: label_k = c} w_k, shape (C,)."""
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self._labels(), self.weights)
+
+    def conditional(self, y: int) -> "GaussianMixture":
+        """p(x | y): the sub-mixture of class ``y``'s components, weights renormalised."""
+        labels = self._labels()
+        if isinstance(y, bool) or int(y) != y or not 0 <= y < self.num_classes:
+            raise ValueError(f"y must be a class in 0…{self.num_classes - 1}, got {y}")
+        keep = labels == int(y)
+        return GaussianMixture(self.means[keep], self.covs[keep], self.weights[keep])
+
+    def class_log_prob(self, x: Tensor, t, sde: LinearSDE) -> Tensor:
+        """Exact log p(y = c | x_t) under ``sde``, shape (B, C); differentiable in x (float64 inside).
+
+        Rows are normalised log-probabilities, so they also serve as a classifier's logits.
+        """
+        t64 = sde._time(t)
+        check_batch(t64, x)
+        log_c, _, _ = self._log_components(x.reshape(x.shape[0], -1).double().cpu(),
+                                           sde._log_alpha(t64).exp().cpu(), sde._log_sigma(t64).exp().cpu())
+        per_class = log_c[:, None, :].masked_fill(~self._class_mask()[None], -math.inf).logsumexp(-1)
+        return (per_class - log_c.logsumexp(1, keepdim=True)).to(device=x.device, dtype=x.dtype)
+
+    def conditional_score(self, x: Tensor, t, sde: LinearSDE, y: Tensor) -> Tensor:
+        """Exact ∇_x log p_t(x | y) per sample; rows with y = ``null_label`` get the unconditional ∇ log p_t(x)."""
+        return self._conditional_score(x, sde._time(t), sde, y)
+
+    def conditional_score_model(self, sde: LinearSDE) -> ScoreModel:
+        """A :class:`ScoreModel` (prediction "score") whose net reads ``y`` from its kwargs.
+
+        ``model.score(x, t, y=y)`` is exactly ∇ log p_t(x | y), and ∇ log p_t(x) where y == ``null_label``:
+        the kind of jointly trained conditional/unconditional model classifier-free guidance wraps.
+        """
+        self._labels()
+        return ScoreModel.from_score_fn(lambda x, t, y=None: self._conditional_score(x, t.double().cpu(), sde, y), sde)
+
+    def _conditional_score(self, x: Tensor, t64: Tensor, sde: LinearSDE, y: Optional[Tensor]) -> Tensor:
+        y = self._checked_y(y, x)
+        alpha = sde._log_alpha(t64).exp().cpu()
+        sigma = sde._log_sigma(t64).exp().cpu()
+        flat = x.reshape(x.shape[0], -1).detach().double().cpu()
+        log_c, z, var = self._log_components(flat, alpha, sigma)
+        in_class = (self._labels()[None, :] == y[:, None]) | (y == self.null_label)[:, None]  # (B, K)
+        resp = torch.softmax(log_c.masked_fill(~in_class, -math.inf), dim=1)
+        score = -torch.einsum("bk,kde,bke->bd", resp, self.eigvecs, z / var)
+        return score.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+    def _checked_y(self, y: Optional[Tensor], x: Tensor) -> Tensor:
+        if y is None:
+            raise ValueError('the conditional score needs labels: pass model_kwargs["y"] (int64 tensor of shape (batch,))')
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise TypeError(f'model_kwargs["y"] must be an integer tensor of shape (batch,), got {y!r}')
+        if y.shape != (x.shape[0],):
+            raise ValueError(f'model_kwargs["y"] must have shape ({x.shape[0]},), got {tuple(y.shape)}')
+        y = y.cpu()
+        if (y < 0).any() or (y > self.null_label).any():
+            raise ValueError(f'model_kwargs["y"] must lie in 0…{self.null_label} (null_label = {self.null_label}), '
+                             f"got values in {int(y.min())}…{int(y.max())}")
+        return y
+
+    def _labels(self) -> Tensor:
+        if self.labels is None:
+            raise ValueError("this GaussianMixture has no classes: build it with labels=[class of each component]")
+        return self.labels
+
+    def _class_mask(self) -> Tensor:
+        """(C, K): mask[c, k] = component k belongs to class c."""
+        return self._labels()[None, :] == torch.arange(self.num_classes)[:, None]
+
     def __repr__(self) -> str:
-        return f"GaussianMixture(K={self.means.shape[0]}, D={self.dim})"
+        classes = "" if self.labels is None else f", C={self.num_classes}"
+        return f"GaussianMixture(K={self.means.shape[0]}, D={self.dim}{classes})"
+
+
+def _checked_labels(labels: ArrayLike, k: int) -> Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integers (one class per component), got dtype {labels.dtype}")
+    labels = labels.to(torch.int64)
+    if labels.shape != (k,):
+        raise ValueError(f"labels must have shape ({k},), one class per component; got {tuple(labels.shape)}")
+    if (labels < 0).any():
+        raise ValueError(f"labels must be non-negative class indices, got {labels.tolist()}")
+    used = torch.unique(labels)
+    if used.numel() != int(labels.max()) + 1:
+        raise ValueError(f"labels must use every class 0…{int(labels.max())} at least once, got {labels.tolist()}")
+    return labels
 
 
 def eight_gaussians(radius: float = 2.0, std: float = 0.2) -> GaussianMixture:
