@@ -1,10 +1,12 @@
 """Entry points that let a benchmark module run on its own (``python -m sde_diffusion.bench.NAME``) as well as
-under ``sde-diffusion bench NAME``: ``build_parser, main = entry_points(add_arguments, run, __doc__, prog)``."""
+under ``sde-diffusion bench NAME`` (``build_parser, main = entry_points(add_arguments, run, __doc__, prog)``), and
+the thread-count guard their ``run`` functions share."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional, Tuple
 
 
 def entry_points(add_arguments: Callable, run: Callable, doc: str, prog: str) -> Tuple[Callable, Callable]:
@@ -20,3 +22,18 @@ def entry_points(add_arguments: Callable, run: Callable, doc: str, prog: str) ->
         return 0
 
     return build_parser, main
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a benchmark on ``threads`` torch CPU threads, restoring the previous count afterwards."""
+    import torch
+
+    from .._checks import positive_int
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(positive_int(threads, "--threads"))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import samplers
-from ._standalone import entry_points
+from ._standalone import entry_points, torch_threads
 from .._io import write_text
 from ..model import ScoreModel
 from ..samplers.grids import make_grid
@@ -295,12 +295,8 @@ def keep_freed_memory() -> str:
 
 def run(args: argparse.Namespace, command: str, log=print) -> Dict:
     """Time every case and write the reports (torch's thread count is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(args.threads)))
-    try:
+    with torch_threads(args.threads):
         return _run(args, command, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, command: str, log) -> Dict:

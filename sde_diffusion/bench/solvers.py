@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import samplers
-from ._standalone import entry_points
+from ._standalone import entry_points, torch_threads
 from .._io import atomic_path, write_text
 from ..metrics import sliced_wasserstein
 from . import peers
@@ -681,12 +681,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, command: str, log=print) -> Dict[str, Any]:
     """Run the benchmark and write the reports (torch's thread count is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(args.threads)))
-    try:
+    with torch_threads(args.threads):
         return _run(args, command, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, command: str, log) -> Dict[str, Any]:

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .._checks import positive, positive_int
-from ._standalone import entry_points
+from ._standalone import entry_points, torch_threads
 from .._io import write_text
 from ..data import Dataset
 from ..losses import dsm_loss
@@ -283,12 +283,8 @@ def measure(config: str, shape: Sequence[int], batch: int, device: torch.device,
 # ----- entry point and report -----
 def run(args: argparse.Namespace, command: str, log=print) -> Dict:
     """Measure every variant and write the reports (torch's CPU thread count is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(positive_int(args.threads, "--threads"))
-    try:
+    with torch_threads(args.threads):
         return _run(args, command, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _resolve(args: argparse.Namespace) -> Tuple[torch.device, str, Tuple[int, ...], int, int, int, int]:

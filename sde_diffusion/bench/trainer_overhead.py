@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .._checks import positive_int
-from ._standalone import entry_points
+from ._standalone import entry_points, torch_threads
 from .._io import write_text
 from ..data import Dataset, digits, load
 from ..losses import dsm_loss
@@ -225,12 +225,8 @@ def measure(case: Case, repeats: int, seed: int = 0) -> Row:
 # ----- entry point and report -----
 def run(args: argparse.Namespace, command: str, log=print) -> Dict:
     """Time every case and write the reports (torch's thread count is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(positive_int(args.threads, "--threads"))
-    try:
+    with torch_threads(args.threads):
         return _run(args, command, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, command: str, log) -> Dict:

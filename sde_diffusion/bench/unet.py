@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from ._standalone import entry_points
+from ._standalone import entry_points, torch_threads
 from .._io import write_text
 from ..nets import CONFIGS, UNet, parameter_count
 
@@ -133,12 +133,8 @@ def measure(case: Case, batch: int, repeats: int, warmup: int, seed: int) -> Lis
 
 def run(args: argparse.Namespace, command: str, log=print) -> Dict:
     """Time every case and write the reports (torch's thread count is restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(args.threads)))
-    try:
+    with torch_threads(args.threads):
         return _run(args, command, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(args: argparse.Namespace, command: str, log) -> Dict:
