@@ -64,6 +64,8 @@ class AdaptiveSDE(Sampler):
     def _run(self, ctx: SamplingContext, x: Tensor):
         sde = ctx.sde
         span = sde.T - sde.eps  # the path runs in u = T − t ∈ [0, T − eps]
+        if isinstance(ctx.generator, (list, tuple)):
+            raise ValueError(f"{type(self).__name__} draws one Brownian path for the whole batch: generator must be a single torch.Generator, not a list")
         entropy = int(torch.randint(0, 2**62, (1,), generator=ctx.generator)) if ctx.generator is not None else None
         flat = x.reshape(x.shape[0], -1)
         path = torchsde.BrownianTree(t0=0.0, w0=torch.zeros_like(flat), t1=span, entropy=entropy, tol=1e-9 * span)

@@ -94,6 +94,8 @@ class TorchSDE(Sampler):
         sde_type = "ito" if self.method in ITO_METHODS else "stratonovich"
         model = _ReverseSDE(ctx, grid, x.shape, sde_type)
         y0 = x.reshape(x.shape[0], -1)
+        if isinstance(ctx.generator, (list, tuple)):
+            raise ValueError(f"{type(self).__name__} draws one Brownian path for the whole batch: generator must be a single torch.Generator, not a list")
         entropy = int(torch.randint(0, 2**62, (1,), generator=ctx.generator)) if ctx.generator is not None else None
         bm = torchsde.BrownianInterval(
             t0=0.0, t1=1.0, size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=entropy,

@@ -207,15 +207,24 @@ class LinearSDE(ABC):
 
 def randn(
     shape: Sequence[int],
-    generator: Optional[torch.Generator],
+    generator,
     device: Optional[torch.device | str] = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """``torch.randn(shape, generator=generator)`` drawn on the generator's device, then moved.
 
     This is the only way the package draws Gaussian noise: same generator state, same numbers,
-    on any device (as diffusers' ``randn_tensor``).
+    on any device (as diffusers' ``randn_tensor``). ``generator`` may also be a list of ``shape[0]``
+    generators, one per sample (as diffusers accepts): row i is then drawn from generator i alone, so a
+    sample's noise does not depend on the batch it is drawn in.
     """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"generator is a list of {len(generator)} generators, but the batch has {shape[0]} samples")
+        rows = [randn(tuple(shape[1:]), g, device, dtype) for g in generator]
+        return torch.stack(rows) if rows else torch.empty(tuple(shape), device=device, dtype=dtype)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, a list of them or None, got {type(generator).__name__}")
     draw_device = generator.device if generator is not None else device
     z = torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype)
     return z.to(device) if device is not None else z
