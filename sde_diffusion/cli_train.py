@@ -59,6 +59,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="samples drawn per batch (default %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default %(default)s)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (shown by default on rank 0)")
     p.add_argument("--out", required=True, help="FILE.npz (key x: images (n,C,H,W) in [0,1], vectors in data units) or FILE.png")
 
 
@@ -204,7 +205,7 @@ def run_sample(args: argparse.Namespace) -> int:
         parts = []
         for k in mine:
             x = draw_samples(model, sampler, args.n, shape, args.seed, device=env.device, labels=labels,
-                             batch_size=args.batch_size, only=[k])
+                             batch_size=args.batch_size, only=[k], progress=env.is_main and not args.no_progress)
             parts.append((k, x))
         gathered = distributed.gather_chunks(parts, env)
         if env.is_main:

@@ -39,11 +39,11 @@ def chunk_seed(seed: int, k: int) -> int:
 
 
 def sample_chunk(model: ScoreModel, sampler: samplers.Sampler, k: int, size: int, shape: Sequence[int], seed: int,
-                 device: Union[str, torch.device] = "cpu", labels: Optional[Tensor] = None) -> Tensor:
+                 device: Union[str, torch.device] = "cpu", labels: Optional[Tensor] = None, progress: bool = False) -> Tensor:
     """Chunk ``k`` of ``size`` samples, drawn with the generator of (seed, k); float32 on the CPU."""
     generator = torch.Generator(device).manual_seed(chunk_seed(seed, k))
     kwargs = {"y": labels.to(device)} if labels is not None else None
-    out = sampler.sample(model, shape=(size, *shape), generator=generator, model_kwargs=kwargs, device=device)
+    out = sampler.sample(model, shape=(size, *shape), generator=generator, model_kwargs=kwargs, device=device, progress=progress)
     return out.x.float().cpu()
 
 
@@ -54,7 +54,8 @@ def chunks(n: int, batch_size: int) -> List[Tuple[int, int]]:
 
 def draw_samples(model: ScoreModel, sampler: Union[str, samplers.Sampler], n: int, shape: Sequence[int], seed: int = 0,
                  steps: Optional[int] = None, device: Union[str, torch.device] = "cpu", labels: Optional[Tensor] = None,
-                 batch_size: int = 256, only: Optional[Iterable[int]] = None, options: Optional[Dict[str, Any]] = None) -> Tensor:
+                 batch_size: int = 256, only: Optional[Iterable[int]] = None, options: Optional[Dict[str, Any]] = None,
+                 progress: bool = False) -> Tensor:
     """n samples of ``model``; ``only`` restricts to some chunk indices (then their samples, concatenated, are returned)."""
     if isinstance(sampler, str):
         sampler = make_sampler(sampler, steps, **(options or {}))
@@ -64,7 +65,7 @@ def draw_samples(model: ScoreModel, sampler: Union[str, samplers.Sampler], n: in
         if wanted is not None and k not in wanted:
             continue
         y = labels[k * batch_size:k * batch_size + size] if labels is not None else None
-        parts.append(sample_chunk(model, sampler, k, size, shape, seed, device, y))
+        parts.append(sample_chunk(model, sampler, k, size, shape, seed, device, y, progress))
     return torch.cat(parts) if parts else torch.empty((0, *shape))
 
 

@@ -449,3 +449,17 @@ def test_registry_lists_and_builds_the_core_samplers():
     assert S.available() == sorted(S.available())
     sampler = S.get("euler_maruyama", steps=17)
     assert isinstance(sampler, S.EulerMaruyama) and sampler.steps == 17
+
+
+def test_progress_bar_is_off_by_default_and_shows_steps_and_nfe(capsys):
+    model = sd.data.eight_gaussians().score_model(sd.VPSDE())
+    sd.samplers.DDIM(steps=7).sample(model, shape=(4, 2), generator=torch.Generator().manual_seed(0))
+    assert capsys.readouterr().err == ""
+    seen = []
+    out = sd.samplers.DDIM(steps=7).sample(model, shape=(4, 2), generator=torch.Generator().manual_seed(0), progress=True,
+                                           callback=lambda info: seen.append(info["i"]))
+    err = capsys.readouterr().err
+    assert "DDIM" in err and "8/8" in err and f"nfe={out.nfe}" in err  # 7 steps and the final denoise
+    assert seen[:7] == list(range(7)) and len(seen) == 8  # the user's callback still runs
+    sd.samplers.AdaptiveUniPC(rtol=1e-2, atol=1e-2).sample(model, shape=(4, 2), generator=torch.Generator().manual_seed(0), progress=True)
+    assert "AdaptiveUniPC" in capsys.readouterr().err

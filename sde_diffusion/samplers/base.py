@@ -219,8 +219,12 @@ class Sampler(ABC):
         return_trajectory: bool = False,
         device: Optional[torch.device | str] = None,
         dtype: torch.dtype = torch.float32,
+        progress: bool = False,
     ) -> Samples:
-        """Draw samples from ``model`` by integrating from T (x_T, or a prior draw of ``shape``) to eps."""
+        """Draw samples from ``model`` by integrating from T (x_T, or a prior draw of ``shape``) to eps.
+
+        ``progress=True`` shows a tqdm bar on stderr with the steps done, the NFE so far and the current t.
+        """
         if not isinstance(model, ScoreModel):
             raise TypeError(f"model must be a sde_diffusion.ScoreModel, got {type(model).__name__}")
         if callback is not None and not callable(callback):
@@ -228,10 +232,19 @@ class Sampler(ABC):
         x = self._initial_state(model, shape, x_T, generator, device, dtype)
         trajectory: Optional[List[Tensor]] = [x] if return_trajectory else None
         ctx = SamplingContext(model, model_kwargs, generator, self.thresholding, callback, trajectory, type(self).__name__)
-        with torch.no_grad():
-            x, times = self._run(ctx, x)
+        bar = _progress_bar(ctx, self.expected_steps(model.sde)) if progress else None
+        try:
+            with torch.no_grad():
+                x, times = self._run(ctx, x)
+        finally:
+            if bar is not None:
+                bar.close()
         ctx.guard.flush()
         return Samples(x=x, nfe=ctx.nfe, times=times, trajectory=trajectory)
+
+    def expected_steps(self, sde: LinearSDE) -> Optional[int]:
+        """Steps the sampler will take (for a progress bar), or None when it chooses them as it goes."""
+        return None
 
     @staticmethod
     def _initial_state(model, shape, x_T, generator, device, dtype) -> Tensor:
@@ -261,6 +274,23 @@ class Sampler(ABC):
         return f"{type(self).__name__}({params})"
 
 
+def _progress_bar(ctx: SamplingContext, total: Optional[int]):
+    """A tqdm bar fed by the context's callback: one tick per step, with the NFE so far and t."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=ctx.guard.owner, unit="step", dynamic_ncols=True)
+    user = ctx.callback
+
+    def tick(info: Dict[str, Any]) -> None:
+        bar.update(1)
+        bar.set_postfix(nfe=ctx.nfe, t=f"{info['t']:.4g}", refresh=False)
+        if user is not None:
+            user(info)
+
+    ctx.callback = tick
+    return bar
+
+
 class FixedStepSampler(Sampler):
     """A time grid and a step rule; subclasses implement :meth:`step` beside its equation."""
 
@@ -282,6 +312,9 @@ class FixedStepSampler(Sampler):
     def times(self, sde: LinearSDE) -> Tensor:
         """The decreasing grid this sampler walks (an explicit tensor overrides ``steps``)."""
         return make_grid(self.grid, sde, self.steps)
+
+    def expected_steps(self, sde: LinearSDE) -> Optional[int]:
+        return len(self.times(sde)) - 1 + int(self.denoise)  # the final denoise is reported as a step too
 
     def _run(self, ctx, x):
         ts = self.times(ctx.sde)
