@@ -13,6 +13,8 @@ sub-mixture of class y's components, and the noisy classifier is Bayes' rule ove
 
 which is what classifier-free and classifier guidance (Ho & Salimans 2022; Dhariwal & Nichol 2021) need as ground truth.
 For a single Gaussian the probability-flow ODE is linear and solvable in closed form (:meth:`flow`).
+Given some coordinates, the rest are again a mixture in closed form (:meth:`condition`): the exact posterior
+that inpainting / imputation methods are measured against.
 """
 from __future__ import annotations
 
@@ -214,6 +216,52 @@ class GaussianMixture:
     def _class_mask(self) -> Tensor:
         """(C, K): mask[c, k] = component k belongs to class c."""
         return self._labels()[None, :] == torch.arange(self.num_classes)[:, None]
+
+    # ----- exact posterior of missing coordinates (inpainting / imputation ground truth) -----
+    def condition(self, observed_idx: Sequence[int], values: ArrayLike, noise_var: float = 0.0) -> "GaussianMixture":
+        """p(x_m | x_o = values): the mixture over the missing coordinates m given the observed ones o.
+
+        With y = x_o + N(0, noise_var I) (noise_var = 0: exact observation), component k gives, by the
+        Schur complement of S_k = Σ_k,oo + noise_var I (Bishop 2006, §2.3.1),
+
+            μ_k,m|o = μ_k,m + Σ_k,mo S_k⁻¹ (y − μ_k,o),   Σ_k,m|o = Σ_k,mm − Σ_k,mo S_k⁻¹ Σ_k,om,
+
+        and Bayes' rule reweights the components by how well each explains y:
+        w_k' ∝ w_k N(y; μ_k,o, S_k). The missing coordinates keep their order; ``values`` is one vector
+        of len(observed_idx) numbers (condition per sample in a loop for many observations).
+        """
+        idx = torch.as_tensor(observed_idx)
+        if idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool or idx.numel() == 0:
+            raise ValueError(f"observed_idx must be a non-empty 1-d sequence of integer coordinates, got {observed_idx!r}")
+        idx = idx.to(torch.int64)
+        if (idx < 0).any() or (idx >= self.dim).any() or torch.unique(idx).numel() != idx.numel():
+            raise ValueError(f"observed_idx must be distinct coordinates in 0…{self.dim - 1}, got {idx.tolist()}")
+        if idx.numel() == self.dim:
+            raise ValueError("observed_idx covers every coordinate: nothing is left to condition on")
+        y = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if y.numel() != idx.numel():
+            raise ValueError(f"values must hold {idx.numel()} numbers (one per observed coordinate), got {y.numel()}")
+        check_finite(y, "values")
+        noise_var = float(noise_var)
+        if not noise_var >= 0 or not math.isfinite(noise_var):
+            raise ValueError(f"noise_var must be a non-negative finite number, got {noise_var}")
+        keep = torch.ones(self.dim, dtype=torch.bool)
+        keep[idx] = False
+        miss = keep.nonzero().reshape(-1)
+        c = self.covs
+        s_oo = c[:, idx][:, :, idx] + noise_var * torch.eye(idx.numel(), dtype=torch.float64)
+        c_mo, c_mm = c[:, miss][:, :, idx], c[:, miss][:, :, miss]
+        gain = torch.linalg.solve(s_oo, c_mo.transpose(1, 2)).transpose(1, 2)  # Σ_mo S⁻¹, (K, m, o)
+        resid = y - self.means[:, idx]  # (K, o)
+        means = self.means[:, miss] + torch.einsum("kmo,ko->km", gain, resid)
+        covs = c_mm - gain @ c_mo.transpose(1, 2)
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        chol = torch.linalg.cholesky(s_oo)
+        white = torch.linalg.solve_triangular(chol, resid[:, :, None], upper=False)[:, :, 0]
+        log_n = (-0.5 * white.pow(2).sum(1) - torch.diagonal(chol, dim1=1, dim2=2).log().sum(1)
+                 - 0.5 * idx.numel() * math.log(2 * math.pi))
+        weights = torch.softmax(self.weights.log() + log_n, dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+        return GaussianMixture(means, covs, weights)
 
     def __repr__(self) -> str:
         classes = "" if self.labels is None else f", C={self.num_classes}"
