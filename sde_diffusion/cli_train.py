@@ -60,6 +60,11 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default %(default)s)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (shown by default on rank 0)")
+    p.add_argument("--inpaint-mask", metavar="FILE.npy",
+                   help="inpainting: a boolean/0-1 array, True where values are known; one sample's shape or (n, …)")
+    p.add_argument("--observed", metavar="FILE",
+                   help="inpainting: the known values (.npy, or .npz key x), images in [0, 1], vectors in data units")
+    p.add_argument("--resample", type=int, default=0, help="inpainting: RePaint resamplings per step (default 0: replacement)")
     p.add_argument("--out", required=True, help="FILE.npz (key x: images (n,C,H,W) in [0,1], vectors in data units) or FILE.png")
 
 
@@ -160,6 +165,32 @@ def _has_checkpoints(out: str) -> bool:
     return bool(checkpoints(out))
 
 
+def _inpaint_inputs(args: argparse.Namespace, shape):
+    """(mask, observed) in model units from --inpaint-mask/--observed, or None; each of one sample's shape or (n, …)."""
+    import numpy as np
+    import torch
+
+    if (args.inpaint_mask is None) != (args.observed is None):
+        raise ValueError("--inpaint-mask and --observed go together")
+    if args.inpaint_mask is None:
+        return None
+    arrays = []
+    for flag, path in (("--inpaint-mask", args.inpaint_mask), ("--observed", args.observed)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} file not found: {path}")
+        loaded = np.load(path)
+        value = loaded["x"] if isinstance(loaded, np.lib.npyio.NpzFile) else loaded
+        if value.shape not in (tuple(shape), (args.n, *shape)):
+            raise ValueError(f"{flag} must have one sample's shape {tuple(shape)} or ({args.n}, *{tuple(shape)}), got {value.shape}")
+        arrays.append(torch.as_tensor(np.asarray(value)))
+    mask, observed = arrays[0].bool(), arrays[1].float()
+    if len(shape) == 3:  # images: [0, 1] on the command line, [−1, 1] in the model
+        if observed.min() < 0 or observed.max() > 1:
+            raise ValueError("--observed images must lie in [0, 1]")
+        observed = observed * 2 - 1
+    return mask, observed
+
+
 def parse_options(items) -> Dict[str, Any]:
     options: Dict[str, Any] = {}
     for item in items:
@@ -201,10 +232,19 @@ def run_sample(args: argparse.Namespace) -> int:
             from .guidance import ClassifierFreeGuidance
 
             model = ClassifierFreeGuidance(model, args.guidance_scale, null_label=classes)
+        inpaint = _inpaint_inputs(args, shape)
         mine = [k for k, _ in chunks(args.n, args.batch_size)][env.rank::env.world_size]
         parts = []
         for k in mine:
-            x = draw_samples(model, sampler, args.n, shape, args.seed, device=env.device, labels=labels,
+            if inpaint is not None:
+                from .inverse import Inpaint
+
+                rows = slice(k * args.batch_size, (k + 1) * args.batch_size)
+                mask, observed = (a if a.dim() == len(shape) else a[rows] for a in inpaint)
+                sampler_k = Inpaint(sampler, mask.to(env.device), observed.to(env.device), resample=args.resample)
+            else:
+                sampler_k = sampler
+            x = draw_samples(model, sampler_k, args.n, shape, args.seed, device=env.device, labels=labels,
                              batch_size=args.batch_size, only=[k], progress=env.is_main and not args.no_progress)
             parts.append((k, x))
         gathered = distributed.gather_chunks(parts, env)

@@ -110,3 +110,16 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["train", "--steps", "6", "--no-progress", "--resume", "--out", str(run)]) == 0  # data and settings from the checkpoint
     assert sd.training.load_checkpoint(run).step == 6
+
+
+def test_sample_inpaints_known_coordinates(tmp_path):
+    run = train(tmp_path)
+    np.save(tmp_path / "mask.npy", np.array([True, False]))
+    np.save(tmp_path / "obs.npy", np.array([0.5, 0.0], dtype=np.float32))
+    assert main(["sample", "--checkpoint", str(run), "--sampler", "reverse_diffusion", "--steps", "5", "--n", "6",
+                 "--inpaint-mask", str(tmp_path / "mask.npy"), "--observed", str(tmp_path / "obs.npy"),
+                 "--resample", "1", "--out", str(tmp_path / "inp.npz")]) == 0
+    x = np.load(tmp_path / "inp.npz")["x"]
+    assert np.all(x[:, 0] == 0.5) and np.unique(x[:, 1]).size == 6
+    assert main(["sample", "--checkpoint", str(run), "--inpaint-mask", str(tmp_path / "mask.npy"),
+                 "--out", str(tmp_path / "inp.npz")]) == 2
