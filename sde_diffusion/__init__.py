@@ -4,7 +4,8 @@ A forward :class:`LinearSDE` defines x_t | x_0 ~ N(α(t) x_0, σ(t)² I); a :cla
 s_θ = −ε_θ/σ; :func:`dsm_loss` trains it by denoising score matching (:mod:`sde_diffusion.training`
 runs the loop); interchangeable samplers in :mod:`sde_diffusion.samplers` turn noise into data.
 """
-from . import data, guidance, inverse, losses, metrics, nets, plotting, samplers, training
+from . import data, guidance, interop, inverse, losses, metrics, nets, plotting, samplers, training
+from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss
 from .model import Prediction, ScoreModel
 from .sde import CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE, TabulatedSDE, VESDE, VPSDE
@@ -13,5 +14,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "TabulatedSDE",
-    "ScoreModel", "Prediction", "dsm_loss", "losses", "guidance", "inverse", "nets", "training", "samplers", "data", "metrics", "plotting", "__version__",
+    "ScoreModel", "Prediction", "dsm_loss", "log_likelihood", "bits_per_dim", "losses", "guidance", "inverse", "interop", "nets", "training", "samplers", "data", "metrics", "plotting", "__version__",
 ]

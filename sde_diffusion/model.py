@@ -117,6 +117,20 @@ class ScoreModel(nn.Module):
         """A model from an analytic score fn(x, t, **kwargs) -> ∇ log p_t(x)."""
         return cls(fn, sde, prediction="score")
 
+    @classmethod
+    def from_diffusers(cls, unet: nn.Module, scheduler: Any) -> "ScoreModel":
+        """A diffusers ``unet(x, i).sample`` and its scheduler (or config) as a model (see :mod:`sde_diffusion.interop`)."""
+        from .interop import from_diffusers
+
+        return from_diffusers(unet, scheduler)
+
+    @classmethod
+    def from_kdiffusion(cls, denoiser: Callable[..., Tensor], sde: Optional[LinearSDE] = None) -> "ScoreModel":
+        """A k-diffusion denoiser D(x̃, σ̃) as an x̂_0 model; ``sde=None`` is a VE SDE in σ̃ (see :mod:`sde_diffusion.interop`)."""
+        from .interop import from_kdiffusion
+
+        return from_kdiffusion(denoiser, sde)
+
     def with_net(self, net: nn.Module) -> "ScoreModel":
         """The same parametrization and SDE around another network: its DDP or compiled wrapper, its EMA copy."""
         if not isinstance(net, nn.Module):

@@ -123,3 +123,26 @@ def test_sample_inpaints_known_coordinates(tmp_path):
     assert np.all(x[:, 0] == 0.5) and np.unique(x[:, 1]).size == 6
     assert main(["sample", "--checkpoint", str(run), "--inpaint-mask", str(tmp_path / "mask.npy"),
                  "--out", str(tmp_path / "inp.npz")]) == 2
+
+
+def test_likelihood_command_on_vectors_and_images(tmp_path, capsys):
+    run = train(tmp_path)
+    capsys.readouterr()
+    assert main(["likelihood", "--checkpoint", str(run), "--n", "6", "--batch-size", "3", "--rtol", "1e-3", "--atol", "1e-3",
+                 "--no-progress"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "nats per sample" in line and "over 6 samples of moons" in line
+    mean = float(line.split()[0])
+    ckpt = sd.training.load_checkpoint(run)
+    x = sd.data.load("moons").x[:6]
+    ref = sd.log_likelihood(ckpt.model, x, rtol=1e-3, atol=1e-3, generator=torch.Generator().manual_seed(0)).logp
+    assert mean == pytest.approx(float(ref.mean()), abs=1e-3)
+    images = (np.random.default_rng(0).random((10, 1, 4, 4)) * 255).astype(np.uint8)
+    np.save(tmp_path / "imgs.npy", images)
+    out = tmp_path / "img"
+    assert main(["train", "--data", str(tmp_path / "imgs.npy"), "--net", "tiny", "--steps", "2", "--batch-size", "5",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["likelihood", "--checkpoint", str(out), "--n", "2", "--rtol", "1e-2", "--atol", "1e-2", "--hutchinson",
+                 "--no-progress"]) == 0
+    assert "bits/dim" in capsys.readouterr().out

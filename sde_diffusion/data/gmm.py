@@ -107,7 +107,7 @@ class GaussianMixture:
     def _score(self, x: Tensor, t64: Tensor, sde: LinearSDE) -> Tensor:
         alpha = sde._log_alpha(t64).exp().cpu()
         sigma = sde._log_sigma(t64).exp().cpu()
-        flat = x.reshape(x.shape[0], -1).detach().double().cpu()
+        flat = x.reshape(x.shape[0], -1).double().cpu()
         log_c, z, var = self._log_components(flat, alpha, sigma)
         resp = torch.softmax(log_c, dim=1)  # (B, K)
         score = -torch.einsum("bk,kde,bke->bd", resp, self.eigvecs, z / var)
@@ -188,7 +188,7 @@ class GaussianMixture:
         y = self._checked_y(y, x)
         alpha = sde._log_alpha(t64).exp().cpu()
         sigma = sde._log_sigma(t64).exp().cpu()
-        flat = x.reshape(x.shape[0], -1).detach().double().cpu()
+        flat = x.reshape(x.shape[0], -1).double().cpu()
         log_c, z, var = self._log_components(flat, alpha, sigma)
         in_class = (self._labels()[None, :] == y[:, None]) | (y == self.null_label)[:, None]  # (B, K)
         resp = torch.softmax(log_c.masked_fill(~in_class, -math.inf), dim=1)
