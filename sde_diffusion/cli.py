@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: solver accuracy per NFE against peers, sampler loop overhead",
                            description="Benchmarks; results go to benchmarks/results/ by default.")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    from .bench import overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
+    from .bench import guidance, overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
 
     solvers.add_arguments(targets.add_parser(
         "solvers", help="error vs NFE on exact-score GMMs, k-diffusion and score_sde peers in the same run",
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_overhead.add_arguments(targets.add_parser(
         "trainer_overhead", help="Trainer.fit() wall time against a hand-written training loop",
         description=trainer_overhead.__doc__.split("\n\n")[0]))
+    guidance.add_arguments(targets.add_parser(
+        "guidance", help="guidance scale sweep and inpainting methods against exact GMM targets",
+        description=guidance.__doc__.split("\n\n")[0]))
     train_throughput.add_arguments(targets.add_parser(
         "throughput", help="training images/s, peak memory, MFU: fp32 eager vs bf16 + compile + channels_last",
         description=train_throughput.__doc__.split("\n\n")[0]))
@@ -100,9 +103,9 @@ def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
 
         run_demo(args.out, n=args.n, seed=args.seed)
     elif args.command == "bench":
-        from .bench import overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet
+        from .bench import guidance, overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet
 
-        module = {"solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet, "score_error": score_error,
+        module = {"guidance": guidance, "solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet, "score_error": score_error,
                   "trainer_overhead": trainer_overhead, "throughput": train_throughput}[args.target]
         module.run(args, " ".join(["sde-diffusion"] + list(sys.argv[1:] if argv is None else argv)))
     return 0

@@ -102,7 +102,7 @@ def run_likelihood(args: argparse.Namespace) -> int:
     x = data.x[:args.n]
     generator = torch.Generator(args.device).manual_seed(args.seed)
     options = {"rtol": args.rtol, "atol": args.atol, "exact_divergence": False if args.hutchinson else None}
-    values, nfe = [], 0
+    values = []
     for start in tqdm(range(0, len(x), args.batch_size), desc="likelihood", unit="batch", disable=args.no_progress):
         batch = x[start:start + args.batch_size].to(args.device)
         if data.kind == "image":
@@ -140,7 +140,7 @@ def data_name_from_args(args: argparse.Namespace) -> str:
     raise ValueError(f"--data is required (one of: {DATA_CHOICES}) unless --config or a resumed checkpoint names it")
 
 
-def run_config_from_args(args: argparse.Namespace, data_name: str, data) -> "RunConfig":
+def run_config_from_args(args: argparse.Namespace, data_name: str, data):
     """Defaults of the data set < --config file < flags; a resumed run starts from its checkpoint's config."""
     from .training import RunConfig, TrainConfig
     from .training.checkpoint import checkpoints

@@ -40,14 +40,6 @@ def mixture() -> GaussianMixture:
     return GaussianMixture(means, covs, [0.4, 0.35, 0.25])
 
 
-def differentiable_score_model(gmm: GaussianMixture, sde: sd.LinearSDE) -> sd.ScoreModel:
-    """The exact score without the detach of ``score_model``, so DPS can differentiate x̂_0(x) through it."""
-    def score(x, t):
-        t64 = t.double()
-        log_c, z, var = gmm._log_components(x.double(), sde._log_alpha(t64).exp(), sde._log_sigma(t64).exp())
-        resp = torch.softmax(log_c, 1)
-        return (-torch.einsum("bk,kde,bke->bd", resp, gmm.eigvecs, z / var)).to(x.dtype)
-    return sd.ScoreModel.from_score_fn(score, sde)
 
 
 def random_spd(d: int, g: torch.Generator) -> torch.Tensor:
@@ -111,7 +103,7 @@ def test_condition_rejects_bad_inputs():
 # ----- methods vs the exact posterior -----
 def _methods(sde):
     gmm = mixture()
-    model, dmodel = gmm.score_model(sde), differentiable_score_model(gmm, sde)
+    model, dmodel = gmm.score_model(sde), gmm.score_model(sde)
     em = S.EulerMaruyama(steps=STEPS)
     return {
         "replacement (Euler-Maruyama)": (Inpaint(em, MASK, OBSERVED), model, 0.0),
@@ -173,7 +165,7 @@ def test_dps_with_a_general_linear_operator(record_property):
     reference = exact.sample(N, g)
     floor = max(abs(mmd(exact.sample(N, g), exact.sample(N, g))) for _ in range(3))
     control = mmd(reference, (gmm.sample(N, g).double() @ rot.T)[:, 1:])
-    dps = DiffusionPosteriorSampling(differentiable_score_model(gmm, sde), lambda x: x.sum(1, keepdim=True),
+    dps = DiffusionPosteriorSampling(gmm.score_model(sde), lambda x: x.sum(1, keepdim=True),
                                      torch.tensor([[y]]), 1.0, noise_std=noise_std)
     out = S.EulerMaruyama(steps=STEPS).sample(dps, shape=(N, 2), generator=torch.Generator().manual_seed(2))
     u = out.x.double() @ rot.T
@@ -245,7 +237,7 @@ def test_dps_score_matches_closed_form_for_one_gaussian():
     mu, cov = torch.randn(d, generator=g, dtype=F64), random_spd(d, g)
     sde = sd.VPSDE()
     gmm = GaussianMixture(mu[None], cov[None])
-    model = differentiable_score_model(gmm, sde)
+    model = gmm.score_model(sde)
     a_mat = torch.randn(2, d, generator=g, dtype=F64)
     y = torch.randn(2, generator=g, dtype=F64)
     x, t = torch.randn(5, d, generator=g, dtype=F64), 0.4

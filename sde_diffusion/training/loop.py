@@ -26,7 +26,7 @@ from .._io import write_text
 from ..losses import dsm_loss
 from ..model import ScoreModel
 from . import distributed
-from .checkpoint import load_checkpoint, read_state, remove_stale_temporaries, resolve, save_checkpoint
+from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve, save_checkpoint
 from .config import ModelConfig, RunConfig, TrainConfig, sde_spec
 from .ema import EMA
 
