@@ -6,7 +6,7 @@ fixed-step sampler takes a grid name, such a function, or an explicit tensor of 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -88,3 +88,18 @@ def validate_grid(ts: Tensor, sde: LinearSDE) -> Tensor:
     if ts[-1] <= 0 or ts[0] > sde.T * (1 + 1e-9):
         raise ValueError(f"grid times must lie in (0, T={sde.T:g}] (the score is singular at t = 0), got [{float(ts[-1]):.6g}, {float(ts[0]):.6g}]")
     return ts
+
+
+def optimize(sampler, model, steps: int, shape: Sequence[int], generator: Optional[torch.Generator] = None, **options) -> Tensor:
+    """A time grid fitted to ``model`` for ``sampler`` at ``steps`` steps (Xue et al. 2024; ``method="gits"``: Chen et al. 2024).
+
+    ``shape`` = (n_calibration, *sample shape), as ``sample(shape=...)`` takes it: that many calibration x_T are drawn
+    from ``generator`` (never use it for the evaluation x_T). The result is an ordinary grid tensor for ``grid=``;
+    see :func:`sde_diffusion.samplers.grid_optimize.optimize` for the options and the cost report.
+    """
+    from .grid_optimize import optimize as fit
+
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        raise ValueError(f"shape must be (n_calibration, *sample_shape), got {shape}")
+    return fit(sampler, model, steps, shape[1:], generator=generator, n_calibration=shape[0], **options)
