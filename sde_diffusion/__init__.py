@@ -5,6 +5,7 @@ s_θ = −ε_θ/σ; :func:`dsm_loss` trains it by denoising score matching (:mod
 runs the loop); interchangeable samplers in :mod:`sde_diffusion.samplers` turn noise into data.
 """
 from . import data, guidance, interop, inverse, losses, metrics, nets, plotting, samplers, training
+from .elbo import continuous_elbo, discrete_elbo
 from .likelihood import bits_per_dim, log_likelihood
 from .losses import dsm_loss
 from .model import Prediction, ScoreModel
@@ -14,5 +15,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "TabulatedSDE",
-    "ScoreModel", "Prediction", "dsm_loss", "log_likelihood", "bits_per_dim", "losses", "guidance", "inverse", "interop", "nets", "training", "samplers", "data", "metrics", "plotting", "__version__",
+    "ScoreModel", "Prediction", "dsm_loss", "log_likelihood", "bits_per_dim", "discrete_elbo", "continuous_elbo", "losses", "guidance", "inverse", "interop", "nets", "training", "samplers", "data", "metrics", "plotting", "__version__",
 ]
