@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -25,6 +24,7 @@ from .._io import atomic_path, write_text
 from ..data import digits
 from ..sample import draw_samples, make_sampler, to_output
 from .digits_quality import quality_report, train_classifier
+from .solvers import machine
 
 DEFAULT_OUT = "benchmarks/results"
 HOLDOUT = 300
@@ -101,7 +101,7 @@ def measure(run: Path, n: int, log=print) -> Dict:
         grids[label] = x01[:100]
         log(f"{label}: FD ratio {report['fd_ratio']:.2f}, confidence {report['confidence']:.3f}, "
             f"copy ratio {report['copy_ratio']:.2f}, {seconds:.1f} s")
-    return {"rows": rows, "grids": grids, "n": n, "step": ckpt.step}
+    return {"rows": rows, "grids": grids, "n": n, "step": ckpt.step, "config": ckpt.config}
 
 
 def curve(run: Path) -> List[Dict]:
@@ -162,18 +162,16 @@ def plot(result: Dict, curve_rows: List[Dict], path: Path) -> None:
 
 def run(args: argparse.Namespace, command: str, log=print) -> Dict:
     out = Path(args.out)
-    threads = torch.get_num_threads()
+    where = machine()  # before training: it records the load other processes put on the machine
     if args.checkpoint:
         run_dir, seconds = Path(args.checkpoint), float("nan")
     else:
         run_dir, seconds = train_model(Path(args.run_dir), args.quick, log)
     n = 200 if args.quick else args.n
     result = measure(run_dir, n, log)
-    from ..training import load_checkpoint
-
-    cfg = load_checkpoint(run_dir).config
-    meta = {"command": command, "machine": f"{platform.system()} {platform.machine()}, {torch.get_num_threads()} thread(s)",
-            "torch": torch.__version__, "threads": threads, "train_seconds": seconds,
+    cfg = result["config"]
+    meta = {"command": command, "machine": where, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "train_seconds": seconds,
             "config": f"net {cfg.model.net.get('type')} {cfg.model.net.get('channels', '')}, sde {cfg.model.sde['name']}, "
                       f"prediction {cfg.model.prediction}, weighting {cfg.train.weighting}, batch {cfg.train.batch_size}, lr {cfg.train.lr}"}
     curve_rows = curve(run_dir)
