@@ -26,6 +26,18 @@ def check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def checked_samples(x: Tensor, name: str) -> Tensor:
+    """``x`` must be a finite floating-point batch (batch ≥ 1, at least one value per sample); returned unchanged."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of shape (batch, ...), got "
+                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
+        raise ValueError(f"{name} must have shape (batch, ...) with batch ≥ 1 and at least one dimension per sample, "
+                         f"got {tuple(x.shape)}")
+    check_finite(x, name)
+    return x
+
+
 def check_batch(t: Tensor, x: Tensor, t_name: str = "t", x_name: str = "x") -> None:
     """``t`` must be a scalar or have one entry per row of ``x``."""
     if t.dim() == 1 and (x.dim() == 0 or t.shape[0] != x.shape[0]):

@@ -48,7 +48,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, positive_int
+from ._checks import checked_samples, positive_int
 from .likelihood import bits_per_dim_of_logp
 from .model import ScoreModel
 from .sde import LinearSDE, randn
@@ -194,7 +194,7 @@ def discrete_elbo(model: ScoreModel, x0: Tensor, *, decoder: str = "gaussian",
     "discretized" needs x0 in [−1, 1]. Costs N model evaluations on batches of B.
     """
     sde = _checked_discrete(model)
-    x0 = _checked_x0(x0)
+    x0 = checked_samples(x0, "x0")
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "discretized" and (x0.min() < -1 or x0.max() > 1):
@@ -231,7 +231,7 @@ def continuous_elbo(model: ScoreModel, x0: Tensor, *, t_samples: int = 64,
     """
     if not isinstance(model, ScoreModel):
         raise TypeError(f"model must be a sde_diffusion.ScoreModel, got {type(model).__name__}")
-    x0 = _checked_x0(x0)
+    x0 = checked_samples(x0, "x0")
     draws = positive_int(t_samples, "t_samples")
     if draws < 2:
         raise ValueError(f"t_samples must be at least 2 to give a standard error, got {t_samples}")
@@ -298,14 +298,3 @@ def _checked_discrete(model: ScoreModel):
     if getattr(model.sde, "num_steps", None) is None:
         raise ValueError(f"the discrete ELBO needs a model on a DiscreteVPSDE (sde.num_steps set), got {model.sde!r}")
     return model.sde
-
-
-def _checked_x0(x0: Tensor) -> Tensor:
-    if not isinstance(x0, Tensor) or not x0.is_floating_point():
-        raise TypeError(f"x0 must be a floating-point tensor of shape (batch, ...), got "
-                        f"{x0.dtype if isinstance(x0, Tensor) else type(x0).__name__}")
-    if x0.dim() < 2 or x0.shape[0] == 0 or x0[0].numel() == 0:
-        raise ValueError(f"x0 must have shape (batch, ...) with batch ≥ 1 and at least one dimension per sample, "
-                         f"got {tuple(x0.shape)}")
-    check_finite(x0, "x0")
-    return x0

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from ._checks import check_finite, positive, positive_int
+from ._checks import check_finite, checked_samples, positive, positive_int
 from .guidance import ClassifierGuidance
 from .model import ScoreModel
 from .samplers.probability_flow import ADAPTIVE_METHODS
@@ -87,7 +87,7 @@ def log_likelihood(
     if isinstance(model, ClassifierGuidance):
         raise TypeError("log_likelihood cannot use ClassifierGuidance: its classifier gradient is taken on a detached x, "
                         "so the divergence would silently miss the guidance term")
-    x = _checked_batch(x, "x")
+    x = checked_samples(x, "x")
     sde = model.sde
     t_start = _checked_t0(t0, sde)
     if exact_divergence is not None and not isinstance(exact_divergence, bool):
@@ -218,17 +218,6 @@ def _draw_probes(probe: str, probes: int, x: Tensor, generator: Optional[torch.G
     draw_device = generator.device if generator is not None else x.device
     bits = torch.randint(0, 2, shape, generator=generator, device=draw_device)
     return (2 * bits - 1).to(device=x.device, dtype=x.dtype)
-
-
-def _checked_batch(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of shape (batch, ...), got "
-                        f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
-        raise ValueError(f"{name} must have shape (batch, ...) with batch ≥ 1 and at least one dimension per sample, "
-                         f"got {tuple(x.shape)}")
-    check_finite(x, name)
-    return x
 
 
 def _checked_t0(t0: Optional[float], sde) -> float:
