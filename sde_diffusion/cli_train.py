@@ -132,8 +132,9 @@ def data_name_from_args(args: argparse.Namespace) -> str:
 
     if args.data:
         return args.data
-    if args.config and read_config_file(args.config).get("data"):
-        return read_config_file(args.config)["data"]
+    from_file = read_config_file(args.config).get("data") if args.config else None
+    if from_file:
+        return from_file
     existing = checkpoints(args.out)
     if args.resume and existing:
         return json.loads((existing[-1] / "config.json").read_text())["data"]
@@ -186,7 +187,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .nets import build
     from .training import Trainer
     from .training import distributed
-    from .training.checkpoint import build_model
+    from .training.checkpoint import build_model, checkpoints
 
     data_name = data_name_from_args(args)
     data = load(data_name)
@@ -197,7 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
 
         torch.manual_seed(config.train.seed)  # the initial weights
         model = build_model(config, build(config.model.net))
-        trainer = Trainer(model, data, config.train, out_dir=args.out, resume=args.resume and _has_checkpoints(args.out),
+        trainer = Trainer(model, data, config.train, out_dir=args.out, resume=args.resume and bool(checkpoints(args.out)),
                           data_name=data_name, env=env)
         record = trainer.fit()
         if env.is_main:
@@ -206,12 +207,6 @@ def run_train(args: argparse.Namespace) -> int:
     finally:
         distributed.teardown(env)
     return 0
-
-
-def _has_checkpoints(out: str) -> bool:
-    from .training.checkpoint import checkpoints
-
-    return bool(checkpoints(out))
 
 
 def _inpaint_inputs(args: argparse.Namespace, shape):
