@@ -116,6 +116,12 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def loss(self, x0: Tensor, model_kwargs: Dict[str, Any]) -> Tensor:
+        """The objective of one micro-batch: :func:`~sde_diffusion.losses.dsm_loss` with the configured weighting."""
+        cfg = self.config
+        return dsm_loss(self.train_model, x0, cfg.weighting, t_sampling=cfg.t_sampling,
+                        generator=self.loss_generator, model_kwargs=model_kwargs)
+
     def train_step(self) -> Dict[str, float]:
         """One optimizer step; returns the loss (mean over micro-batches of this rank) and the gradient norm."""
         cfg = self.config
@@ -129,8 +135,7 @@ class Trainer:
             last = micro == cfg.accumulate - 1
             sync = contextlib.nullcontext() if last or not self.env.active else self.train_model.net.no_sync()
             with sync, self._autocast():
-                loss = dsm_loss(self.train_model, x0, cfg.weighting, t_sampling=cfg.t_sampling,
-                                generator=self.loss_generator, model_kwargs=kwargs)
+                loss = self.loss(x0, kwargs)
             (loss / cfg.accumulate).backward()
             total += loss.detach() / cfg.accumulate
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
