@@ -111,6 +111,8 @@ def _methods(sde):
         "replacement (PC, Langevin)": (Inpaint(S.PredictorCorrector(steps=STEPS), MASK, OBSERVED), model, 0.0),
         "RePaint r=4 (reverse diffusion)":
             (Inpaint(S.ReverseDiffusion(steps=STEPS), MASK, OBSERVED, resample=4), model, 0.0),
+        "RePaint r=4, jump 5 (reverse diffusion)":
+            (Inpaint(S.ReverseDiffusion(steps=STEPS), MASK, OBSERVED, resample=4, jump_length=5), model, 0.0),
         "DPS norm, zeta=1 (Euler-Maruyama)":
             (em, DiffusionPosteriorSampling(dmodel, MaskOperator(MASK), OBSERVED, 1.0), 0.0),
         "DPS Gaussian, sigma_y=0.2 (Euler-Maruyama)":
@@ -151,6 +153,9 @@ def test_methods_against_exact_posterior(results, record_property):
     replacement = table["replacement (reverse diffusion)"]
     assert replacement > 5 * floor
     assert table["RePaint r=4 (reverse diffusion)"] < replacement / 10
+    # jumps of 5 steps re-noise less often per noise level at equal NFE: still less biased than replacement
+    # (measured 1.5e-2 against 4.2e-2; j = 1: 1.5e-4), as one block over the whole grid would be no better
+    assert table["RePaint r=4, jump 5 (reverse diffusion)"] < replacement / 2
     assert table["DPS norm, zeta=1 (Euler-Maruyama)"] < 3 * floor
 
 
@@ -228,6 +233,58 @@ def test_every_fixed_step_sampler_inpaints(name, resample):
     assert torch.isfinite(out.x).all() and out.x[:, 1].std() > 0.1
     plain = inner.sample(mixture().score_model(sde), shape=(64, 2), generator=torch.Generator().manual_seed(0))
     assert out.nfe == (plain.nfe - inner.denoise) * (1 + resample) + inner.denoise
+
+
+@pytest.mark.parametrize("jump, resample", [(1, 1), (3, 1), (4, 2)])
+def test_repaint_jumps_redo_blocks_of_steps(jump, resample):
+    """RePaint's schedule: each block of ``jump_length`` steps runs 1 + r times, re-noised from its last time
+    back to its first by the forward kernel in between (DDIM evaluates at each step's start, so the times the
+    model sees spell out the schedule)."""
+    sde, seen = sd.VPSDE(), []
+    exact = mixture().score_model(sde)
+
+    def score(x, t):
+        seen.append(round(float(t.reshape(-1)[0]), 5))
+        return exact.score(x, t)
+
+    inner = S.DDIM(steps=6, denoise=False)
+    ts = [round(float(v), 5) for v in inner.times(sde)[:-1]]
+    Inpaint(inner, MASK, OBSERVED, resample=resample, jump_length=jump).sample(
+        sd.ScoreModel.from_score_fn(score, sde), shape=(8, 2), generator=torch.Generator().manual_seed(0))
+    expected = []
+    for first in range(0, 6, jump):
+        expected += ts[first:first + jump] * (1 + resample)
+    assert seen == expected
+
+
+def test_repaint_jump_renoises_with_the_multi_step_forward_kernel():
+    """One jump of j steps re-noises x_s → x_t with α_{t|s} = α_t/α_s and σ²_{t|s} = σ_t² − α_{t|s}² σ_s²: with the
+    exact score of one Gaussian, the unknown coordinate's spread after the re-noising matches the kernel's."""
+    sde = sd.VPSDE()
+    gauss = GaussianMixture([[0.0, 0.0]], [[[1.0, 0.0], [0.0, 0.01]]])
+    inner = S.DDIM(steps=4, denoise=False)
+    grabbed = []
+    ts = inner.times(sde)
+
+    def score(x, t):
+        if abs(float(t.reshape(-1)[0]) - float(ts[0])) < 1e-12:
+            grabbed.append(x[:, 1].clone())
+        return gauss.score(x, t, sde)
+
+    Inpaint(inner, MASK, torch.tensor([0.0, 0.0]), resample=1, jump_length=4).sample(
+        sd.ScoreModel.from_score_fn(score, sde), shape=(20000, 2), generator=torch.Generator().manual_seed(3))
+    first, redo = grabbed  # x_T as drawn, then x_T re-noised from the block's end s = ts[-1]
+    a, std = (float(v) for v in sde.transition(float(ts[-1]), float(ts[0])))
+    # DDIM (η = 0) with the exact score carries N(0, σ²(T) + α²(T)·0.01) to ≈ N(0, σ_s² + α_s²·0.01) at s
+    var_s = float(sde.sigma(float(ts[-1]))) ** 2 + float(sde.alpha(float(ts[-1]))) ** 2 * 0.01
+    expected = a**2 * var_s + std**2
+    assert abs(float(redo.var()) / expected - 1) < 0.05
+    assert abs(float(first.var()) / float(sde.prior_std) ** 2 - 1) < 0.05
+
+
+def test_repaint_jump_length_is_validated():
+    with pytest.raises(ValueError, match="jump_length"):
+        Inpaint(S.DDIM(steps=4), MASK, OBSERVED, resample=1, jump_length=0)
 
 
 def test_dps_score_matches_closed_form_for_one_gaussian():
