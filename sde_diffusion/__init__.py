@@ -7,13 +7,13 @@ runs the loop); interchangeable samplers in :mod:`sde_diffusion.samplers` turn n
 from . import data, guidance, interop, inverse, losses, metrics, nets, plotting, samplers, training
 from .elbo import continuous_elbo, discrete_elbo
 from .likelihood import bits_per_dim, log_likelihood
-from .losses import dsm_loss
+from .losses import dsm_loss, vdm_loss
 from .model import Prediction, ScoreModel
-from .sde import CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE, TabulatedSDE, VESDE, VPSDE
+from .sde import CosineVPSDE, DiscreteVPSDE, LearnedVPSDE, LinearSDE, SubVPSDE, TabulatedSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "TabulatedSDE",
-    "ScoreModel", "Prediction", "dsm_loss", "log_likelihood", "bits_per_dim", "discrete_elbo", "continuous_elbo", "losses", "guidance", "inverse", "interop", "nets", "training", "samplers", "data", "metrics", "plotting", "__version__",
+    "LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "CosineVPSDE", "DiscreteVPSDE", "TabulatedSDE", "LearnedVPSDE",
+    "ScoreModel", "Prediction", "dsm_loss", "vdm_loss", "log_likelihood", "bits_per_dim", "discrete_elbo", "continuous_elbo", "losses", "guidance", "inverse", "interop", "nets", "training", "samplers", "data", "metrics", "plotting", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Command line: ``sde-diffusion train | sample | demo | bench …`` (also ``python -m sde_diffusion``).
+"""Command line: ``sde-diffusion train | train-classifier | sample | demo | bench …`` (also ``python -m sde_diffusion``).
 
 Errors in the input (a bad flag value, a missing or unsafe checkpoint, a NaN during training) print one
 line ``sde-diffusion: error: …`` and exit with status 2; set SDE_DIFFUSION_DEBUG=1 for the traceback.
@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a score network by denoising score matching (also under torchrun)",
         description="Train a score network by denoising score matching. Defaults depend on --data: "
                     "`train --data digits --out DIR` alone trains a good digits model on 2 CPU cores in ≤ 10 minutes."))
+    from .cli_classifier import add_train_classifier_arguments
+
+    add_train_classifier_arguments(sub.add_parser(
+        "train-classifier", help="train a noise-conditional classifier p(y | x_t, t) for `sample --classifier`",
+        description="Train a noise-conditional classifier by cross-entropy on data noised by the forward SDE, for "
+                    "classifier guidance. `--like RUN` copies the SDE of the score model it will guide."))
     add_sample_arguments(sub.add_parser(
         "sample", help="draw samples from a trained checkpoint with any sampler (.npz or .png)",
         description="Draw samples from a checkpoint (EMA weights) with any sampler; under torchrun the samples are "
@@ -62,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     guidance.add_arguments(targets.add_parser(
         "guidance", help="guidance scale sweep and inpainting methods against exact GMM targets",
         description=guidance.__doc__.split("\n\n")[0]))
+    from .bench import learned_schedule
+
+    learned_schedule.add_arguments(targets.add_parser(
+        "learned_schedule", help="digits: fixed VP vs learned (VDM) schedule, −ELBO bits/dim and its estimator's variance",
+        description=learned_schedule.__doc__.split("\n\n")[0]))
     train_throughput.add_arguments(targets.add_parser(
         "throughput", help="training images/s, peak memory, MFU: fp32 eager vs bf16 + compile + channels_last",
         description=train_throughput.__doc__.split("\n\n")[0]))
@@ -90,6 +101,10 @@ def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
         from .cli_train import run_train
 
         return run_train(args)
+    if args.command == "train-classifier":
+        from .cli_classifier import run_train_classifier
+
+        return run_train_classifier(args)
     if args.command == "sample":
         from .cli_train import run_sample
 
@@ -103,10 +118,11 @@ def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
 
         run_demo(args.out, n=args.n, seed=args.seed)
     elif args.command == "bench":
-        from .bench import guidance, overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet
+        from .bench import guidance, learned_schedule, overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet
 
         module = {"guidance": guidance, "solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet, "score_error": score_error,
-                  "trainer_overhead": trainer_overhead, "throughput": train_throughput}[args.target]
+                  "trainer_overhead": trainer_overhead, "throughput": train_throughput,
+                  "learned_schedule": learned_schedule}[args.target]
         module.run(args, " ".join(["sde-diffusion"] + list(sys.argv[1:] if argv is None else argv)))
     return 0
 

@@ -20,7 +20,10 @@ PREDICTIONS = ("eps", "score", "x0", "v", "edm")
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help=f"training data: {DATA_CHOICES}")
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl, samples/")
-    p.add_argument("--sde", choices=sorted(SDES), help="forward SDE (default per data set: vp)")
+    p.add_argument("--sde", choices=sorted(SDES),
+                   help="forward SDE (default per data set: vp); learned: VDM's learnable log-SNR schedule, trained with "
+                        "the net by the ELBO (end points) and the ELBO estimator's variance (interior); it needs and "
+                        "sets --weighting likelihood")
     p.add_argument("--net", help="network: tiny | small | ddpmpp (UNets for images) | mlp (vectors); default per data set")
     p.add_argument("--prediction", choices=PREDICTIONS, help="what the network predicts (default eps)")
     p.add_argument("--weighting", choices=WEIGHTINGS, help="DSM loss weighting (default eps)")
@@ -56,6 +59,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-scale", type=float, default=1.0,
                    help="classifier-free guidance scale w of a conditional model: ε_u + w(ε_c − ε_u); "
                         "1 = conditional (default), 0 = unconditional")
+    p.add_argument("--classifier", metavar="RUN",
+                   help="classifier guidance s + w ∇log p(y | x_t, t) with a `train-classifier` run on the model's SDE "
+                        "(a conditional checkpoint is then used through its unconditional, null-label branch)")
+    p.add_argument("--classifier-scale", type=float, help="classifier guidance scale w (default 1; needs --classifier)")
     p.add_argument("--batch-size", type=int, default=256, help="samples drawn per batch (default %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default %(default)s)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema", help="EMA (default) or raw weights")
@@ -65,6 +72,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--observed", metavar="FILE",
                    help="inpainting: the known values (.npy, or .npz key x), images in [0, 1], vectors in data units")
     p.add_argument("--resample", type=int, default=0, help="inpainting: RePaint resamplings per step (default 0: replacement)")
+    p.add_argument("--jump-length", type=int, default=1,
+                   help="inpainting: RePaint re-noises and redoes blocks of this many steps (default %(default)s)")
     p.add_argument("--out", required=True, help="FILE.npz (key x: images (n,C,H,W) in [0,1], vectors in data units) or FILE.png")
 
 
@@ -179,6 +188,10 @@ def run_config_from_args(args: argparse.Namespace, data_name: str, data):
             train[key] = value
     if args.no_progress:
         train["progress"] = False
+    if model_cfg["sde"].get("name") == "learned":  # VDM: the ELBO is the only objective of a learned schedule
+        if getattr(args, "weighting", None) not in (None, "likelihood"):
+            raise ValueError(f"--sde learned trains by the ELBO: --weighting must be likelihood (or left out), got {args.weighting}")
+        train["weighting"] = "likelihood"
     return RunConfig(data=data_name, model=ModelConfig(**model_cfg), train=TrainConfig(**train))
 
 
@@ -265,14 +278,29 @@ def run_sample(args: argparse.Namespace) -> int:
         shape = tuple(ckpt.config.model.data_shape)
         labels = None
         classes = ckpt.config.model.num_classes
+        classifier = None
+        if args.classifier is not None:
+            from .cli_classifier import classifier_for
+
+            classifier = classifier_for(args.classifier, args.checkpoint, ckpt.config, env.device)
+            if args.guidance_scale != 1.0:
+                raise ValueError("--guidance-scale (classifier-free) and --classifier cannot be combined")
+            classes = classifier.num_classes  # the labels are the classifier's classes
+        elif args.classifier_scale is not None:
+            raise ValueError("--classifier-scale needs --classifier")
         if classes is not None:
             if args.label is not None and not 0 <= args.label < classes:
                 raise ValueError(f"--label must lie in [0, {classes - 1}], got {args.label}")
             labels = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % classes
         elif args.label is not None or args.guidance_scale != 1.0:
-            raise ValueError("--label/--class and --guidance-scale need a class-conditional checkpoint (trained with --conditional)")
+            raise ValueError("--label/--class and --guidance-scale need a class-conditional checkpoint (trained with --conditional); "
+                             "--label/--class also works with --classifier")
         model = ckpt.model
-        if classes is not None and args.guidance_scale != 1.0:
+        if classifier is not None:
+            from .guidance import ClassifierGuidance
+
+            model = ClassifierGuidance(model, classifier, 1.0 if args.classifier_scale is None else args.classifier_scale)
+        elif classes is not None and args.guidance_scale != 1.0:
             from .guidance import ClassifierFreeGuidance
 
             model = ClassifierFreeGuidance(model, args.guidance_scale, null_label=classes)
@@ -285,7 +313,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
                 rows = slice(k * args.batch_size, (k + 1) * args.batch_size)
                 mask, observed = (a if a.dim() == len(shape) else a[rows] for a in inpaint)
-                sampler_k = Inpaint(sampler, mask.to(env.device), observed.to(env.device), resample=args.resample)
+                sampler_k = Inpaint(sampler, mask.to(env.device), observed.to(env.device), resample=args.resample,
+                                    jump_length=args.jump_length)
             else:
                 sampler_k = sampler
             x = draw_samples(model, sampler_k, args.n, shape, args.seed, device=env.device, labels=labels,

@@ -29,6 +29,9 @@ average (1/N) Σ_i w(t_i) E‖…‖² (the λ and log-normal draws stay continu
 
 Order of randomness: u first (one draw of shape (B,), or the single u_0), then
 ``noise = randn(x0.shape, generator)``. An explicit ``t`` or ``noise`` replaces its draw (nothing is drawn for it).
+
+:func:`vdm_loss` is the whole continuous-time negative ELBO per sample, in nats, with t uniform (Kingma et al.
+2021, "Variational Diffusion Models"); it also trains a :class:`~sde_diffusion.sde.LearnedVPSDE`'s schedule.
 """
 from __future__ import annotations
 
@@ -38,9 +41,9 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._checks import check_batch, check_finite, per_sample, positive
-from .model import Prediction, ScoreModel
-from .sde import LinearSDE, randn
+from ._checks import check_batch, check_finite, checked_samples, per_sample, positive
+from .model import Prediction, ScoreModel, log_snr_input
+from .sde import LearnedVPSDE, LinearSDE, randn
 
 F64 = torch.float64
 T_SAMPLINGS = ("uniform", "stratified")
@@ -189,3 +192,103 @@ def dsm_loss(model: ScoreModel, x0: Tensor, weighting: str = "eps", *, t_samplin
     pred = model._predict(alpha * x0 + sigma * noise, t64, model_kwargs, alpha, sigma)
     per_sample_loss = loss(_Terms(sde, t64, x0, noise, alpha, sigma, pred, opts)).reshape(batch, -1).mean(1)
     return per_sample_loss.mean() if reduction == "mean" else per_sample_loss
+
+
+# ----- VDM: the continuous negative ELBO with t uniform, and a learnable schedule -----
+def _vdm_schedule(sde: LinearSDE, t: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tuple[Tensor, ...]]:
+    """(α, σ, γ, γ') at t, float64 (B,), and the tensors only the schedule's interior sets (for the variance trick).
+
+    γ = log(σ²/α²) = −2λ; on a LearnedVPSDE all are differentiable (α² = sigmoid(−γ), σ² = sigmoid(γ)), else
+    γ' = g²/σ² (= −2 dλ/dt for any linear SDE).
+    """
+    if isinstance(sde, LearnedVPSDE):
+        r, dr = sde.gamma_shape(t)
+        span = sde.gamma_max - sde.gamma_min
+        gamma = sde.gamma_min + span * r
+        return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt(), gamma, span * dr, (r, dr)
+    log_alpha, log_sigma = sde._log_alpha(t), sde._log_sigma(t)
+    return log_alpha.exp(), log_sigma.exp(), 2 * (log_sigma - log_alpha), sde._g2(t) / (2 * log_sigma).exp(), ()
+
+
+def _vdm_end(sde: LinearSDE, at: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(α, σ, γ) at eps ("eps") or T ("T"); on a LearnedVPSDE exactly its end-point parameters."""
+    if isinstance(sde, LearnedVPSDE):
+        gamma = sde.gamma_min if at == "eps" else sde.gamma_max
+        return torch.sigmoid(-gamma).sqrt(), torch.sigmoid(gamma).sqrt(), gamma
+    t = torch.tensor(sde.eps if at == "eps" else sde.T, dtype=F64)
+    log_alpha, log_sigma = sde._log_alpha(t), sde._log_sigma(t)
+    return log_alpha.exp(), log_sigma.exp(), 2 * (log_sigma - log_alpha)
+
+
+def vdm_loss(model: ScoreModel, x0: Tensor, *, t_sampling: str = "stratified", variance_trick: bool = False,
+             generator: Optional[torch.Generator] = None, model_kwargs: Optional[Dict[str, Any]] = None,
+             t: Optional[Tensor] = None, noise: Optional[Tensor] = None) -> Tensor:
+    """VDM's per-sample negative ELBO in nats, shape (B,), with autograd to the network and a learned schedule.
+
+        L = KL(N(α_T x_0, σ_T² I) ‖ N(0, prior_std² I)) − log N(x_0; x̂_0(x_eps, eps), e^{γ(eps)} I)
+            + ½ (T − eps) γ'(t) ‖ε − ε_θ(x_t, t)‖²,       t ~ U[eps, T],  x_t = α_t x_0 + σ_t ε,
+
+    γ = log(σ²/α²) (VDM's convention, increasing), sums over all dimensions (Kingma et al. 2021, eq. 17 with
+    the prior and reconstruction terms). The decoder is :func:`~sde_diffusion.elbo.continuous_elbo`'s Gaussian
+    one (mean x̂_0 at eps, variance σ_eps²/α_eps² = e^{γ(eps)}), so E[L] is that function's −ELBO; here t is
+    uniform (``t_sampling`` "stratified": VDM's low-discrepancy draw) where continuous_elbo draws λ uniform, so
+    the estimator's variance depends on the schedule between its end points and its mean does not (VDM eq. 13,
+    for a network that sees only the SNR: time_input "log_snr"; its input is then differentiable in γ).
+
+    ``variance_trick`` (LearnedVPSDE only; VDM's variance minimisation): the values and their gradients to the
+    network and the end points γ_min, γ_max are unchanged, but the gradient reaching the schedule's interior
+    (r(t_i), dr/dt(t_i), which only its interior parameters set) is multiplied by 2 L_i, so backpropagating any
+    Σ_i w_i L_i gives the interior ∇ Σ_i w_i L_i². As E[L] does not depend on the interior, this descends the
+    estimator's variance. (Nets must not mix samples, e.g. no batch norm.)
+
+    Randomness in order: the t draw (as :func:`dsm_loss`'s), ε = randn(x0.shape), ε' = randn(x0.shape) for x_eps.
+    An explicit ``t`` (in [eps, T]) or ``noise`` (ε) replaces its draw.
+    """
+    if not isinstance(model, ScoreModel):
+        raise TypeError(f"model must be a sde_diffusion.ScoreModel, got {type(model).__name__}")
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"t_sampling must be one of {T_SAMPLINGS}, got {t_sampling!r}")
+    x0 = checked_samples(x0, "x0")
+    sde, batch = model.sde, x0.shape[0]
+    if variance_trick and not isinstance(sde, LearnedVPSDE):
+        raise ValueError(f"variance_trick needs a model on a LearnedVPSDE (a fixed schedule has no interior to train), got {sde!r}")
+    if t is None:
+        t64 = sde.eps + (sde.T - sde.eps) * _unit_draws(batch, t_sampling, generator)
+    else:
+        t64 = sde._time(t, "t")
+        check_batch(t64, x0, "t", "x0")
+        t64 = t64.expand(batch) if t64.dim() == 0 else t64
+        if (t64 < sde.eps).any():
+            raise ValueError(f"t must lie in [eps={sde.eps:g}, T={sde.T:g}], the range the ELBO integrates over")
+    if noise is None:
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
+    elif not isinstance(noise, Tensor) or noise.shape != x0.shape:
+        raise ValueError(f"noise must be a tensor of x0's shape {tuple(x0.shape)}, got "
+                         + (f"shape {tuple(noise.shape)}" if isinstance(noise, Tensor) else type(noise).__name__))
+    recon_noise = randn(x0.shape, generator, x0.device, x0.dtype)
+    snr_input = model.time_input == "log_snr"
+
+    alpha, sigma, gamma, dgamma, interior = _vdm_schedule(sde, t64)
+    a, s = per_sample(alpha, x0), per_sample(sigma, x0)
+    x_t = a * x0 + s * noise
+    pred = model._predict(x_t, t64, model_kwargs, a, s, net_time=log_snr_input(gamma).to(x0.dtype) if snr_input else None)
+    diffusion = 0.5 * (sde.T - sde.eps) * dgamma * (pred.eps - noise).pow(2).reshape(batch, -1).sum(1)
+
+    a_eps, s_eps, gamma_eps = _vdm_end(sde, "eps")
+    t_eps = torch.full((batch,), sde.eps, dtype=F64)
+    x_eps = a_eps.to(x0.dtype) * x0 + s_eps.to(x0.dtype) * recon_noise
+    net_time_eps = log_snr_input(gamma_eps).to(x0.dtype).expand(batch) if snr_input else None
+    x0_hat = model._predict(x_eps, t_eps, model_kwargs, a_eps.to(x0.dtype), s_eps.to(x0.dtype), net_time=net_time_eps).x0
+    var = gamma_eps.exp()
+    recon = 0.5 * ((x0 - x0_hat).pow(2).reshape(batch, -1).sum(1) / var + x0[0].numel() * torch.log(2 * math.pi * var))
+
+    a_T, s_T, _ = _vdm_end(sde, "T")
+    p2 = float(sde.prior_std) ** 2
+    prior = 0.5 * (x0[0].numel() * (torch.log(p2 / s_T**2) + s_T**2 / p2 - 1)
+                   + a_T**2 / p2 * x0.pow(2).reshape(batch, -1).sum(1))
+    total = prior + recon + diffusion
+    if variance_trick and interior[0].requires_grad:
+        scale = 2 * total.detach().to(F64)
+        for tensor in interior:
+            tensor.register_hook(lambda grad: grad * scale)
+    return total

@@ -10,6 +10,11 @@ Generative Models", Table 1), applied to the VE-equivalent state x̃ = x/α at �
 
     x̂_0 = D(x̃; σ̃) = c_skip x̃ + c_out F_θ(c_in x̃, c_noise),
     c_skip = σ_d²/(σ̃² + σ_d²),  c_out = σ̃ σ_d/√(σ̃² + σ_d²),  c_in = 1/√(σ̃² + σ_d²),  c_noise = ¼ ln σ̃.
+
+``time_input="log_snr"`` feeds the network the negative log-SNR γ = −2λ(t) on a fixed scale,
+c = (γ − γ_lo)/(γ_hi − γ_lo) with (γ_lo, γ_hi) = :data:`LOG_SNR_INPUT_RANGE` (as VDM's ScoreUNet, Kingma et al.
+2021, §5): the network then depends on t only through the SNR, so the continuous ELBO does not depend on the
+schedule between its end points, and a network stays valid while a learned schedule changes.
 """
 from __future__ import annotations
 
@@ -20,10 +25,18 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import TimeLike, check_batch, per_sample, positive
-from .sde import DiscreteVPSDE, LinearSDE
+from .sde import DiscreteVPSDE, LearnedVPSDE, LinearSDE
 
 PREDICTIONS = ("eps", "score", "x0", "v", "edm")
-TIME_INPUTS = ("continuous", "index")
+TIME_INPUTS = ("continuous", "index", "log_snr")
+#: (γ_lo, γ_hi) of the "log_snr" time input: fixed, so one SNR is one network input whatever the schedule
+LOG_SNR_INPUT_RANGE = (-10.0, 10.0)
+
+
+def log_snr_input(gamma: Tensor) -> Tensor:
+    """The "log_snr" network input c = (γ − γ_lo)/(γ_hi − γ_lo) of γ = −log SNR (≈ [0.05, 1] on the default VP SDE)."""
+    lo, hi = LOG_SNR_INPUT_RANGE
+    return (gamma - lo) / (hi - lo)
 
 
 Coef = Union[float, Tensor]
@@ -85,12 +98,14 @@ class ScoreModel(nn.Module):
     """``net(x, t, **model_kwargs)`` predicting ``prediction`` ∈ {"eps", "score", "x0", "v", "edm"} under ``sde``.
 
     ``time_input="continuous"`` feeds the network t ∈ [0, T] (shape (batch,), x's dtype);
-    ``"index"`` feeds DDPM step indices i = round(N t − 1) of a :class:`DiscreteVPSDE`.
+    ``"index"`` feeds DDPM step indices i = round(N t − 1) of a :class:`DiscreteVPSDE`; ``"log_snr"`` feeds
+    :func:`log_snr_input` of γ(t) = −2λ(t). ``None`` (default) is "log_snr" on a :class:`LearnedVPSDE`
+    (prediction other than "edm", whose c_noise already is a function of the SNR) and "continuous" otherwise.
     ``prediction="edm"`` instead calls ``net(c_in x/α, c_noise)`` and returns x̂_0 = c_skip x/α + c_out net(…)
     with the data std ``sigma_data`` = σ_d (Karras et al. 2022; see the module docstring).
     """
 
-    def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps", time_input: str = "continuous",
+    def __init__(self, net: Callable[..., Tensor], sde: LinearSDE, prediction: str = "eps", time_input: Optional[str] = None,
                  sigma_data: float = 0.5):
         super().__init__()
         if not callable(net):
@@ -99,12 +114,14 @@ class ScoreModel(nn.Module):
             raise TypeError(f"sde must be a sde_diffusion.LinearSDE, got {type(sde).__name__}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if time_input is None:
+            time_input = "log_snr" if isinstance(sde, LearnedVPSDE) and prediction != "edm" else "continuous"
         if time_input not in TIME_INPUTS:
             raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
         if time_input == "index" and not isinstance(sde, DiscreteVPSDE):
             raise ValueError("time_input='index' needs a DiscreteVPSDE (step indices are defined by its schedule)")
-        if time_input == "index" and prediction == "edm":
-            raise ValueError("prediction='edm' feeds the network c_noise = ¼ ln σ̃, not a step index: "
+        if time_input in ("index", "log_snr") and prediction == "edm":
+            raise ValueError(f"prediction='edm' feeds the network c_noise = ¼ ln σ̃, not time_input={time_input!r}: "
                              "use time_input='continuous'")
         self.net = net if isinstance(net, nn.Module) else _ScoreFn(net)
         self.sde = sde
@@ -114,8 +131,8 @@ class ScoreModel(nn.Module):
 
     @classmethod
     def from_score_fn(cls, fn: Callable[..., Tensor], sde: LinearSDE) -> "ScoreModel":
-        """A model from an analytic score fn(x, t, **kwargs) -> ∇ log p_t(x)."""
-        return cls(fn, sde, prediction="score")
+        """A model from an analytic score fn(x, t, **kwargs) -> ∇ log p_t(x) (fn gets the time t itself)."""
+        return cls(fn, sde, prediction="score", time_input="continuous")
 
     @classmethod
     def from_diffusers(cls, unet: nn.Module, scheduler: Any) -> "ScoreModel":
@@ -173,6 +190,8 @@ class ScoreModel(nn.Module):
         if self.time_input == "continuous" and not isinstance(t, Tensor):
             return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         t64 = torch.as_tensor(t, dtype=torch.float64)
+        if self.time_input == "log_snr":  # before broadcasting: one schedule evaluation for one time
+            t64 = log_snr_input(-2 * self.sde._log_snr(t64))
         t64 = t64.expand(x.shape[0]) if t64.dim() == 0 else t64
         if self.time_input == "index":
             return self.sde.step_index(t64).to(x.device)
@@ -185,8 +204,10 @@ class ScoreModel(nn.Module):
         model_kwargs: Optional[Dict[str, Any]] = None,
         alpha: Optional[float] = None,
         sigma: Optional[float] = None,
+        net_time: Optional[Tensor] = None,
     ) -> Prediction:
-        """One evaluation; ``alpha``/``sigma`` may be passed when the caller already knows α(t), σ(t)."""
+        """One evaluation; ``alpha``/``sigma`` may be passed when the caller already knows α(t), σ(t), and
+        ``net_time`` (the network's time input, e.g. a differentiable :func:`log_snr_input`) likewise."""
         net = self.net.fn if type(self.net) is _ScoreFn else self.net  # a plain function skips nn.Module's call machinery
         if self.prediction == "edm":
             if alpha is None or sigma is None:
@@ -194,7 +215,7 @@ class ScoreModel(nn.Module):
             net_x, c_noise, c_skip, c_out = self._edm_scalings(x, alpha, sigma)
             out = _checked_output(net(net_x, c_noise, **(model_kwargs or {})), x)
             return Prediction(x, alpha, sigma, x0=c_skip * (x / alpha) + c_out * out)
-        out = _checked_output(net(x, self._net_time(x, t), **(model_kwargs or {})), x)
+        out = _checked_output(net(x, self._net_time(x, t) if net_time is None else net_time, **(model_kwargs or {})), x)
         if alpha is None or sigma is None:
             alpha, sigma = self._alpha_sigma(x, t)
         return _CONVERT[self.prediction](out, x, alpha, sigma)

@@ -1,12 +1,14 @@
 """The solver benchmark's machinery: reference solve, peer wrappers, NFE budgets, report files."""
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from sde_diffusion import samplers
-from sde_diffusion.bench import peers, solvers
+from sde_diffusion.bench import peers, solver_fitted, solver_measure, solvers
 from sde_diffusion.bench.problems import (
     CallCounter, counted_score_model, make_problem, solve_pf_ode, tweedie,
 )
@@ -40,6 +42,11 @@ def test_reference_matches_closed_form_flow():
 def test_rms_error_and_counter(small_problem):
     assert small_problem.rms_error(small_problem.reference.float()) < 1e-6
     assert small_problem.rms_error(small_problem.reference + 0.5) == pytest.approx(0.5)
+    offsets = torch.arange(24, dtype=torch.float64)[:, None] * torch.tensor([0.3, -0.4], dtype=torch.float64)
+    errors = solver_measure.per_sample_errors(small_problem, small_problem.reference + offsets)
+    assert torch.allclose(errors, 0.5 * torch.arange(24, dtype=torch.float64) / 2 ** 0.5)  # |(0.3k, −0.4k)|/√2
+    assert solver_measure.tail_share(errors) == pytest.approx(23 ** 2 / sum(k * k for k in range(24)))  # worst 1: k = 23
+    assert solver_measure.tail_share(errors, 0.1) == pytest.approx(sum(k * k for k in (21, 22, 23)) / sum(k * k for k in range(24)))
     c = CallCounter(lambda a: a + 1)
     assert c(1) == 2 and c(2) == 3 and c.calls == 2
 
@@ -108,10 +115,11 @@ def test_k_diffusion_euler_is_ddim(small_problem):
 
 
 def test_quick_report_files(tmp_path, monkeypatch):
-    keep = {"DDIM", "euler", "RK45 (scipy)", "adaptive DPM-Solver-23", "Euler-Maruyama", "euler_ancestral"}
-    for name in ("deterministic_methods", "tolerance_methods", "stochastic_methods"):
+    keep = {"DDIM", "DDIM (fitted grid)", "euler", "RK45 (scipy)", "adaptive DPM-Solver-23", "Euler-Maruyama",
+            "euler_ancestral"}
+    for name in ("deterministic_methods", "tolerance_methods", "stochastic_methods", "fitted_methods"):
         full = getattr(solvers, name)
-        monkeypatch.setattr(solvers, name, lambda full=full: [m for m in full() if m.method in keep])
+        monkeypatch.setattr(solvers, name, lambda *a, full=full, **k: [m for m in full(*a, **k) if m.method in keep])
     monkeypatch.setattr(solvers, "default_problems", lambda n2, n16, seed: {
         "gmm2d": make_problem("gmm2d", eight_gaussians(), "eight Gaussians", 16, seed, check_subset=8)})
     threads = torch.get_num_threads()
@@ -132,6 +140,83 @@ def test_quick_report_files(tmp_path, monkeypatch):
     assert "sde-diffusion bench solvers --quick" in md and "Summary of the issue's targets" in md
     rk45 = next(r for r in info["results"]["tolerance"] if r["method"] == "RK45 (scipy)")
     assert any(tuple(p["param"]) == (1e-5, 1e-5) and math.isfinite(p["error"]) for p in rk45["points"])
+    # the fitted-grid column: same per-sample NFE as DDIM's default grid, its calibration cost kept apart
+    default = next(r for r in info["results"]["deterministic"] if r["method"] == "DDIM" and r["schedule"] == "log_snr")
+    fitted = next(r for r in info["results"]["deterministic"] if r["method"] == "DDIM" + solvers.FITTED_SUFFIX)
+    assert [p["budget"] for p in fitted["points"]] == [10] == list(solvers.QUICK_CALIBRATION.budgets)
+    for p, q in zip(fitted["points"], [q for q in default["points"] if q["budget"] == 10]):
+        assert p["nfe"] == q["nfe"] == p["budget"] and p["calibration"]["nfe"] > 10 * p["nfe"]
+        assert p["calibration"]["chosen"] in p["calibration"]["candidates"] and p["median"] <= p["error"] * 1.5
+        assert p["calibration"]["fit_seed"] != report["meta"]["seed"] and q["calibration"] is None
+    assert "Fitted grids" in md and "DDIM (fitted grid)" in md and "default grids only" in md
+    assert info["targets"]["best_of_field"]["budget"] == 5
+    ratio = info["targets"]["nfe_ratio"][0]
+    assert ratio["ratio_interval"][0] <= ratio["ratio"] <= ratio["ratio_interval"][1]
+
+
+def test_paired_bootstrap_interval_of_the_ratio():
+    peer = torch.rand(300, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.1
+    assert solver_measure.ratio_interval(0.3 * peer, peer) == pytest.approx((0.3, 0.3))  # RMS scales with e_k
+    ours = 0.3 * peer
+    ours[7] = 40.0  # one trajectory in another mode decides the RMS; the interval shows it
+    lo, hi = solver_measure.ratio_interval(ours, peer)
+    point = float(ours.pow(2).mean().sqrt() / peer.pow(2).mean().sqrt())
+    assert lo < 0.5 < 2 < point < hi
+    with pytest.raises(ValueError, match="same x_T"):
+        solver_measure.ratio_interval(ours, peer[:10])
+
+
+def test_smooth_grid_search_moves_only_the_legendre_modes():
+    """The fitted column's smooth candidate: grids.optimize(basis=k) changes θ only along P_1 … P_k of the step index."""
+    from sde_diffusion.samplers.grid_optimize import log_snr_parameters, optimize, smooth_modes
+
+    u = np.linspace(-1, 1, 6)
+    legendre = np.stack([u, (3 * u ** 2 - 1) / 2, (5 * u ** 3 - 3 * u) / 2], 1)
+    assert abs(smooth_modes(6, 3) - legendre).max() < 1e-12
+    assert (smooth_modes(4, None) == np.eye(4)).all() and smooth_modes(4, 9).shape == (4, 3)
+    sde = VPSDE(0.1, 20.0, eps=1e-3)
+    model = eight_gaussians().score_model(sde)
+    grid, info = optimize(samplers.DDIM(steps=6), model, 6, (2,), torch.Generator().manual_seed(0), n_calibration=32,
+                          max_evals=30, basis=2, return_info=True)
+    theta = torch.from_numpy(log_snr_parameters(sde, grid))  # the log-SNR grid's θ is constant
+    span = torch.cat([torch.ones(6, 1, dtype=torch.float64), torch.from_numpy(legendre[:, :2])], 1)
+    coef = torch.linalg.lstsq(span, theta[:, None]).solution
+    assert (span @ coef - theta[:, None]).abs().max() < 1e-8 and coef[1:].abs().max() > 1e-3  # it moved, in the span
+    assert info.final_rms < info.initial_rms and info.evaluations <= 30
+
+
+def test_calibration_draws_are_disjoint_from_the_evaluation_draws(small_problem):
+    settings = solver_fitted.CalibrationSettings(n_fit=40, n_validation=30)
+    cal = solver_fitted.calibration_set(small_problem, settings, seed=3)
+    assert cal.fit_x.shape == (40, 2) and cal.validation_x.shape == (30, 2)
+    every = torch.cat([small_problem.x_T.double(), cal.fit_x, cal.validation_x])
+    assert torch.cdist(every, every).add(torch.eye(len(every))).min() > 1e-3  # no row twice
+    reference, _ = solve_pf_ode(small_problem.gmm, small_problem.sde, cal.validation_x)
+    assert (cal.validation_reference - reference).abs().max() < 1e-8
+    # evaluation x_T that are calibration draws (in float32) are refused
+    clash = dataclasses.replace(small_problem, x_T=cal.validation_x[5:9].float(), extra={})
+    with pytest.raises(ValueError, match="disjoint"):
+        solver_fitted.calibration_set(clash, settings, seed=3)
+    with pytest.raises(ValueError, match="disjoint"):
+        solver_fitted.assert_disjoint(small_problem.x_T, cal.fit_x, cal.fit_x[3:4])
+
+
+def test_fitted_grid_is_the_best_candidate_on_validation_draws(small_problem):
+    """fit_grid picks the least validation RMS among its candidates; a default grid as sole candidate comes back as is."""
+    settings = solver_fitted.CalibrationSettings(n_fit=32, n_validation=32, max_evals=15, smooth_max_evals=10)
+    sampler = samplers.DDIM(steps=4)
+    grid, info = solver_fitted.fit_grid(small_problem, sampler, settings, seed=3)
+    vals = {n: c["validation_rms"] for n, c in info["candidates"].items()}
+    assert set(vals) == set(settings.candidates) and vals[info["chosen"]] == min(vals.values())
+    cal = solver_fitted.calibration_set(small_problem, settings, seed=3)
+    model = small_problem.gmm.score_model(small_problem.sde)
+    out = samplers.DDIM(steps=4, grid=grid).sample(model, x_T=cal.validation_x, dtype=torch.float64)
+    rms = float((out.x - cal.validation_reference).pow(2).mean().sqrt())
+    assert rms == pytest.approx(vals[info["chosen"]], rel=1e-9)
+    assert info["nfe"] >= len(vals) * 5  # at least one 5-NFE validation run per candidate, none of it in a Point's NFE
+    only = solver_fitted.CalibrationSettings(n_fit=32, n_validation=32, candidates=("karras",))
+    grid, info = solver_fitted.fit_grid(small_problem, sampler, only, seed=3)
+    assert info["chosen"] == "karras" and torch.equal(grid, samplers.grids.make_grid("karras", small_problem.sde, 4))
 
 
 def test_overhead_hand_loops_do_the_same_arithmetic(tmp_path):

@@ -123,6 +123,14 @@ def test_sample_inpaints_known_coordinates(tmp_path):
     assert np.all(x[:, 0] == 0.5) and np.unique(x[:, 1]).size == 6
     assert main(["sample", "--checkpoint", str(run), "--inpaint-mask", str(tmp_path / "mask.npy"),
                  "--out", str(tmp_path / "inp.npz")]) == 2
+    args = ["sample", "--checkpoint", str(run), "--sampler", "reverse_diffusion", "--steps", "4", "--n", "6", "--seed", "3",
+            "--inpaint-mask", str(tmp_path / "mask.npy"), "--observed", str(tmp_path / "obs.npy"), "--resample", "1",
+            "--no-progress"]
+    assert main([*args, "--jump-length", "2", "--out", str(tmp_path / "j2.npz")]) == 0
+    assert main([*args, "--out", str(tmp_path / "j1.npz")]) == 0
+    j1, j2 = (np.load(tmp_path / f"{name}.npz")["x"] for name in ("j1", "j2"))
+    assert np.all(j2[:, 0] == 0.5) and not np.allclose(j1[:, 1], j2[:, 1])  # the flag reaches the sampler
+    assert main([*args, "--jump-length", "0", "--out", str(tmp_path / "j0.npz")]) == 2
 
 
 def test_likelihood_command_on_vectors_and_images(tmp_path, capsys):

@@ -1,9 +1,13 @@
 """Entry points that let a benchmark module run on its own (``python -m sde_diffusion.bench.NAME``) as well as
-under ``sde-diffusion bench NAME`` (``build_parser, main = entry_points(add_arguments, run, __doc__, prog)``), and
-the thread-count guard their ``run`` functions share."""
+under ``sde-diffusion bench NAME`` (``build_parser, main = entry_points(add_arguments, run, __doc__, prog)``), the
+thread-count guard their ``run`` functions share, the machine description every report records and the JSON
+cleaning of NaN/Inf."""
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import platform
 import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional, Tuple
@@ -37,3 +41,31 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def machine() -> str:
+    """One line naming the OS, CPU, core count, load average at start and Python version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = f", load average {os.getloadavg()[0]:.1f} at start"
+    return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPU(s){load}, Python {platform.python_version()}"
+
+
+def jsonable(obj):
+    """``obj`` with non-finite floats replaced by None (JSON has no NaN/Inf), through dicts, lists and tuples."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj

@@ -310,7 +310,7 @@ def _run(args: argparse.Namespace, command: str, log) -> Dict:
     sde = VPSDE()
     model = ScoreModel(trivial_net, sde, prediction="eps")
     x_T = sde.prior_sample(shape, torch.Generator().manual_seed(args.seed)).to(device)
-    from .solvers import machine
+    from ._standalone import machine
 
     allocator = keep_freed_memory() if device.type == "cpu" and not args.system_malloc else "default allocator"
     where = machine()  # before the timings: it records the load average other processes put on the machine

@@ -256,7 +256,7 @@ def run(args: argparse.Namespace, command: str, log=print) -> Dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, command: str, log) -> Dict[str, Any]:
-    from .solvers import machine
+    from ._standalone import machine
 
     quick, seed = bool(args.quick), int(args.seed)
     where = machine()

@@ -24,7 +24,7 @@ from .._io import atomic_path, write_text
 from ..data import digits
 from ..sample import draw_samples, make_sampler, to_output
 from .digits_quality import quality_report, train_classifier
-from .solvers import machine
+from ._standalone import machine
 
 DEFAULT_OUT = "benchmarks/results"
 HOLDOUT = 300

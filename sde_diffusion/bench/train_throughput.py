@@ -312,7 +312,7 @@ def _run(args: argparse.Namespace, command: str, log) -> Dict:
     peaks = peak_flops(name, **{p: None if v is None else positive(v, f"--peak-{p}-tflops") * 1e12 for p, v in given.items()})
     if device.type == "cuda" and args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
-    from .solvers import machine
+    from ._standalone import machine
 
     where = machine()  # before the timings: it records the load other processes put on the machine
     rows = variants(device, compile_on_cpu=args.compile)

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace, command: str, log=print) -> Dict:
 def _run(args: argparse.Namespace, command: str, log) -> Dict:
     repeats = 3 if args.quick else positive_int(args.repeats, "--repeats")
     from .overhead import keep_freed_memory
-    from .solvers import machine
+    from ._standalone import machine
 
     allocator = keep_freed_memory() if not args.system_malloc else "default allocator"
     where = machine()  # before the timings: it records the load other processes put on the machine

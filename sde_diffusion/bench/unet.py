@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace, command: str, log) -> Dict:
     batch = 8 if args.quick else args.batch
     repeats = 3 if args.quick else args.repeats
     warmup = 1 if args.quick else 3
-    from .solvers import machine
+    from ._standalone import machine
 
     where = machine()  # before the timings: it records the load other processes put on the machine
     rows: List[Row] = []

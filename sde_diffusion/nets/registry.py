@@ -6,10 +6,11 @@ from typing import Any, Dict, Mapping
 from torch import nn
 
 from ._config import check_arguments
+from .classifier import MLPClassifier, UNetClassifier
 from .mlp import MLP
 from .unet import UNet
 
-NETS: Dict[str, type] = {"MLP": MLP, "UNet": UNet}
+NETS: Dict[str, type] = {"MLP": MLP, "UNet": UNet, "MLPClassifier": MLPClassifier, "UNetClassifier": UNetClassifier}
 
 
 def build(config: Mapping[str, Any]) -> nn.Module:

@@ -15,7 +15,9 @@ Optimized Time Steps", CVPR) the grid lives in log-SNR λ = log(α/σ): with λ_
 so every θ ∈ R^N gives a strictly increasing λ (a strictly decreasing t) with exact end points, and
 θ = 0 is the uniform log-SNR grid, where the derivative-free search (scipy Powell or Nelder–Mead) starts.
 Per-sample errors are heavy-tailed (a few trajectories change mode), so calibrate on many x_T and
-judge the grid on held-out ones.
+judge the grid on held-out ones. ``basis=k`` searches only smooth changes of the initial grid,
+θ = θ_init + Σ_{j=1..k} c_j P_j(u_i) with P_j the Legendre polynomials of the step position u_i ∈ [−1, 1]:
+k parameters instead of N, so fewer sampler runs and less room to fit the calibration set's tail.
 
 ``method="gits"`` instead picks the sub-grid of a fine log-SNR candidate grid that minimises the summed
 one-step DDIM error along pilot trajectories, by dynamic programming (Chen et al. 2024, see :func:`gits_grid`):
@@ -81,6 +83,17 @@ def log_snr_parameters(sde: LinearSDE, ts: Tensor) -> np.ndarray:
     """Inverse of :func:`log_snr_grid`: θ_i = log(λ_{i+1} − λ_i), up to the softmax's free constant."""
     lam = sde._log_snr(ts.to(torch.float64))
     return torch.log(lam.diff()).numpy()
+
+
+def smooth_modes(steps: int, basis: Optional[int]) -> np.ndarray:
+    """The (steps, k) directions the search moves θ in: the identity (every step share free) when ``basis`` is None,
+    else the Legendre polynomials P_1 … P_k of u = linspace(−1, 1, steps), k = min(basis, steps − 1) (P_0, a
+    constant, is the softmax's free direction)."""
+    if basis is None:
+        return np.eye(steps)
+    k = min(basis, steps - 1)
+    u = np.linspace(-1.0, 1.0, steps) if steps > 1 else np.zeros(1)
+    return np.polynomial.legendre.legvander(u, k)[:, 1:]
 
 
 def reference_flow(model: ScoreModel, x_T: Tensor, denoise: bool, rtol: float = REFERENCE_RTOL,
@@ -178,6 +191,7 @@ def optimize(
     max_evals: int = 600,
     search: str = "powell",
     return_info: bool = False,
+    basis: Optional[int] = None,
 ) -> Union[Tensor, Tuple[Tensor, GridOptimizationInfo]]:
     """A ``steps``-step grid for ``sampler`` on ``model`` minimising the pathwise RMS error (see the module docstring).
 
@@ -185,8 +199,10 @@ def optimize(
     ``model.sde.prior_sample((n_calibration, *shape), generator)`` in float64. ``reference(x_T)`` overrides the
     DOP853 reference flow (it must include the final denoise iff ``sampler.denoise``). ``init`` is the starting grid
     (a name, function or tensor of ``steps + 1`` times); ``search`` is "powell" or "nelder-mead"; ``max_evals``
-    bounds the sampler runs. ``method="gits"`` replaces the search by GITS's dynamic programme (:func:`gits_grid`;
-    ``init`` is then only the baseline of ``info.initial_rms``, and ``reference``/``search``/``max_evals`` are unused).
+    bounds the sampler runs; ``basis`` (None: all N log-SNR steps free) restricts the search to that many smooth
+    Legendre modes of the step shares (see the module docstring). ``method="gits"`` replaces the search by GITS's
+    dynamic programme (:func:`gits_grid`; ``init`` is then only the baseline of ``info.initial_rms``, and
+    ``reference``/``search``/``max_evals``/``basis`` are unused).
     The sampler should be deterministic (a stochastic one, e.g. ``eta > 0``, makes the objective noisy).
     Returns the decreasing float64 grid (T … eps, ``steps + 1`` points), and with ``return_info`` also a
     :class:`GridOptimizationInfo` with the calibration cost (NFE, seconds) and errors.
@@ -200,6 +216,8 @@ def optimize(
     steps = positive_int(steps, "steps")
     n_calibration = positive_int(n_calibration, "n_calibration")
     max_evals = positive_int(max_evals, "max_evals")
+    if basis is not None:
+        basis = positive_int(basis, "basis")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if search not in SCIPY_METHODS:
@@ -244,12 +262,18 @@ def optimize(
     theta0 = log_snr_parameters(sde, init_grid)
     theta0 = theta0 - theta0.mean()
     initial_rms = objective(theta0)
+    modes = smooth_modes(steps, basis)  # θ = θ0 + modes @ c
+    dim = modes.shape[1]
     options = {"maxfev": max_evals - 1, "xtol": 1e-3, "ftol": 1e-4} if search == "powell" else \
         {"maxfev": max_evals - 1, "xatol": 1e-3, "fatol": 1e-6 * initial_rms, "adaptive": True,
-         # scipy's default simplex around θ = 0 has edges of 2.5e-4: far too small to leave the start
-         "initial_simplex": theta0 + np.vstack([np.zeros(steps), NELDER_MEAD_EDGE * np.eye(steps)])}
-    result = minimize(objective, theta0, method=SCIPY_METHODS[search], options=options)
-    best_theta, best_rms = (result.x, float(result.fun)) if float(result.fun) < initial_rms else (theta0, initial_rms)
+         # scipy's default simplex around c = 0 has edges of 2.5e-4: far too small to leave the start
+         "initial_simplex": np.vstack([np.zeros(dim), NELDER_MEAD_EDGE * np.eye(dim)])}
+    best_theta, best_rms = theta0, initial_rms
+    if dim:
+        result = minimize(lambda c: objective(theta0 + modes @ c), np.zeros(dim), method=SCIPY_METHODS[search],
+                          options=options)
+        if float(result.fun) < initial_rms:
+            best_theta, best_rms = theta0 + modes @ result.x, float(result.fun)
     grid = log_snr_grid(sde, best_theta)
     if not return_info:
         return grid

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 
 from ..model import ScoreModel
-from .config import RunConfig, build_sde
+from .config import MODEL_KINDS, RunConfig, build_sde
+
+#: why a checkpoint of one kind cannot stand in for the other, keyed by the kind that was expected
+_WRONG_KIND = {"score": "holds a noise-conditional classifier (from `sde-diffusion train-classifier`), not a score model: "
+                        "pass it as `sample --classifier`, or load it with load_classifier",
+               "classifier": "holds a score model (from `sde-diffusion train`), not a classifier: train one with "
+                             "`sde-diffusion train-classifier --like RUN`"}
 
 PathLike = Union[str, os.PathLike]
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -109,17 +115,25 @@ def resolve(path: PathLike) -> Path:
 
 
 def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", weights: str = "ema",
-                    training_state: bool = False) -> Checkpoint:
-    """Rebuild the model of a checkpoint (``weights`` "ema" or "model"); ``training_state`` also reads state.pt."""
+                    training_state: bool = False, kind: str = "score") -> Checkpoint:
+    """Rebuild the model of a checkpoint (``weights`` "ema" or "model"); ``training_state`` also reads state.pt.
+
+    ``kind`` is what the checkpoint must hold: "score" (``model`` is a ScoreModel) or "classifier" (``model`` is
+    a :class:`~sde_diffusion.training.classifier.NoisyClassifier`); a checkpoint of the other kind is refused.
+    """
     from ..nets import build
 
     if weights not in ("ema", "model"):
         raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"kind must be one of {MODEL_KINDS}, got {kind!r}")
     folder = resolve(path)
     try:
         config = RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{folder / 'config.json'} is not a valid run config: {err}") from None
+    if config.model.kind != kind:
+        raise CheckpointError(f"{folder} {_WRONG_KIND[kind]}")
     net_state = _read_safetensors(folder / "model.safetensors")
     ema_state = _read_safetensors(folder / "ema.safetensors")
     state = read_state(folder / "state.pt") if training_state else None
@@ -134,7 +148,11 @@ def load_checkpoint(path: PathLike, device: Union[str, torch.device] = "cpu", we
 
 
 def build_model(config: RunConfig, net: torch.nn.Module) -> ScoreModel:
-    """The ScoreModel of a run config around ``net``."""
+    """The ScoreModel of a run config around ``net`` (a NoisyClassifier for a classifier's config)."""
+    if config.model.kind == "classifier":
+        from .classifier import NoisyClassifier  # which imports the loop, which imports this module
+
+        return NoisyClassifier(net, build_sde(config.model.sde))
     return ScoreModel(net, build_sde(config.model.sde), prediction=config.model.prediction, sigma_data=config.model.sigma_data)
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Type
 
-from ..sde import CosineVPSDE, DiscreteVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from ..sde import CosineVPSDE, DiscreteVPSDE, LearnedVPSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 #: SDE names of the CLI and of checkpoints
-SDES: Dict[str, Type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE, "ddpm": DiscreteVPSDE}
+SDES: Dict[str, Type[LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "cosine": CosineVPSDE, "ddpm": DiscreteVPSDE,
+                                    "learned": LearnedVPSDE}
 
 
 @dataclass
@@ -71,9 +72,17 @@ class TrainConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be divisible by accumulate ({self.accumulate})")
 
 
+#: what a checkpoint holds: a score model or a noise-conditional classifier
+MODEL_KINDS = ("score", "classifier")
+
+
 @dataclass
 class ModelConfig:
-    """What rebuilds a :class:`~sde_diffusion.ScoreModel`: SDE spec, network config, parametrization, data shape."""
+    """What rebuilds a :class:`~sde_diffusion.ScoreModel`: SDE spec, network config, parametrization, data shape.
+
+    ``kind`` "classifier" marks a noise-conditional classifier (``sde-diffusion train-classifier``; its
+    ``num_classes`` is the number of logits) instead of a score model.
+    """
 
     sde: Dict[str, Any] = field(default_factory=lambda: {"name": "vp"})
     net: Dict[str, Any] = field(default_factory=dict)
@@ -81,6 +90,11 @@ class ModelConfig:
     sigma_data: float = 0.5
     data_shape: List[int] = field(default_factory=list)
     num_classes: Optional[int] = None
+    kind: str = "score"
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
 
 
 @dataclass
@@ -131,6 +145,8 @@ def sde_spec(sde: LinearSDE) -> Dict[str, Any]:
         if type(sde) is cls:
             if name == "ddpm":
                 return {"name": name, "betas": sde.betas.tolist()}
+            if name == "learned":  # the schedule's current weights: refresh the spec whenever it has trained
+                return sde.spec()
             return {"name": name, **{k: v for k, v in vars(sde).items() if not k.startswith("_")}}
     raise ValueError(
         f"sde of type {type(sde).__name__} cannot be saved in a checkpoint; use one of {sorted(SDES)} "
@@ -138,13 +154,16 @@ def sde_spec(sde: LinearSDE) -> Dict[str, Any]:
 
 
 def build_sde(spec: Dict[str, Any]) -> LinearSDE:
-    """The SDE of a spec ``{"name": "vp", **constructor kwargs}``; ``ddpm`` takes ``betas`` or ``linear`` kwargs."""
+    """The SDE of a spec ``{"name": "vp", **constructor kwargs}``; ``ddpm`` takes ``betas`` or ``linear`` kwargs,
+    ``learned`` T, eps, width and the schedule's ``weights`` (none: a fresh schedule)."""
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in SDES:
         raise ValueError(f"sde name must be one of {sorted(SDES)}, got {name!r}")
     if name == "ddpm":
         return DiscreteVPSDE(spec["betas"]) if "betas" in spec else DiscreteVPSDE.linear(**spec)
+    if name == "learned":
+        return LearnedVPSDE.from_spec(spec)
     try:
         return SDES[name](**spec)
     except TypeError as err:

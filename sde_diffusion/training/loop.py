@@ -4,6 +4,10 @@
                     g ← ∇_θ dsm_loss(model, x₀ batch)     (accumulated over micro-batches, averaged over processes)
                     clip ‖g‖ ≤ grad_clip;  AdamW step;  θ_ema ← β θ_ema + (1 − β) θ
 
+On a :class:`~sde_diffusion.sde.LearnedVPSDE` the loss is :func:`~sde_diffusion.losses.vdm_loss` (the −ELBO per
+dimension) and the optimizer also steps the schedule: its end points by the ELBO, its interior by VDM's variance
+objective ∇E[L²]; the checkpoint's SDE spec carries its current weights.
+
 Everything random comes from generators whose state is checkpointed (the loss's t and ε, label
 dropout, torch's global RNG for dropout) and the batch order is a function of the step
 (``DistributedSampler`` with the run's seed and the epoch), so a run resumed from a checkpoint continues
@@ -23,8 +27,9 @@ import torch
 from torch import Tensor
 
 from .._io import write_text
-from ..losses import dsm_loss
+from ..losses import dsm_loss, vdm_loss
 from ..model import ScoreModel
+from ..sde import LearnedVPSDE
 from . import distributed
 from .checkpoint import load_checkpoint, remove_stale_temporaries, resolve, save_checkpoint
 from .config import ModelConfig, RunConfig, TrainConfig, sde_spec
@@ -73,13 +78,18 @@ class Trainer:
             data=data_name,
             model=ModelConfig(sde=sde_spec(model.sde), net=dict(getattr(self.net, "config", {})), prediction=model.prediction,
                               sigma_data=float(getattr(model, "sigma_data", 0.5)), data_shape=list(self.x.shape[1:]),
-                              num_classes=self.num_classes if self.conditional else None),
+                              num_classes=self.num_classes if self.conditional else None, kind=getattr(model, "kind", "score")),
             train=cfg)
         torch.manual_seed(cfg.seed + self.env.rank)
         self.loss_generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.env.rank)
         decay = {"weight_decay": cfg.weight_decay, "betas": cfg.adam_betas}
         self._parameters = list(self.net.parameters())  # walking the module tree every step costs ~0.1 ms
-        self.optimizer = torch.optim.AdamW(self._parameters, lr=cfg.lr, **decay)
+        #: a learned forward process trains with the net (VDM): not clipped, not in DDP's module, in the checkpoint's spec
+        self.schedule = model.sde if isinstance(model.sde, LearnedVPSDE) and getattr(model, "kind", "score") == "score" else None
+        if self.schedule is not None and cfg.weighting != "likelihood":
+            raise ValueError(f"a LearnedVPSDE trains by the ELBO: set weighting='likelihood', got {cfg.weighting!r}")
+        schedule_parameters = self.schedule.to(self.device).parameters() if self.schedule is not None else []
+        self.optimizer = torch.optim.AdamW(self._parameters + schedule_parameters, lr=cfg.lr, **decay)
         self.ema = EMA(self.net, cfg.ema_decay)
         self.step = 0
         if resume:
@@ -119,6 +129,10 @@ class Trainer:
     def loss(self, x0: Tensor, model_kwargs: Dict[str, Any]) -> Tensor:
         """The objective of one micro-batch: :func:`~sde_diffusion.losses.dsm_loss` with the configured weighting."""
         cfg = self.config
+        if self.schedule is not None:  # −ELBO in nats per dimension; the schedule's interior descends its variance
+            per_sample = vdm_loss(self.train_model, x0, t_sampling=cfg.t_sampling, variance_trick=True,
+                                  generator=self.loss_generator, model_kwargs=model_kwargs)
+            return per_sample.mean() / x0[0].numel()
         return dsm_loss(self.train_model, x0, cfg.weighting, t_sampling=cfg.t_sampling,
                         generator=self.loss_generator, model_kwargs=model_kwargs)
 
@@ -138,6 +152,10 @@ class Trainer:
                 loss = self.loss(x0, kwargs)
             (loss / cfg.accumulate).backward()
             total += loss.detach() / cfg.accumulate
+        if self.schedule is not None and self.env.active:  # DDP averages the net's gradients, not the schedule's
+            for p in self.schedule.parameters():
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.env.world_size
         clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self._parameters, clip)
         loss_value, norm_value = float(total), float(grad_norm)
@@ -204,6 +222,8 @@ class Trainer:
     def save(self) -> Optional[Path]:
         """Write a checkpoint of the current step (rank 0 writes; every rank takes part)."""
         state, path = self.training_state(), None
+        if self.schedule is not None:  # the checkpoint holds the schedule's current weights
+            self.run_config.model.sde = sde_spec(self.model.sde)
         if self.env.is_main and self.out_dir is not None:
             path = save_checkpoint(self.out_dir, self.step, self.run_config, self.net.state_dict(),
                                    self.ema.state_dict(), state, keep=self.config.keep)
@@ -213,8 +233,11 @@ class Trainer:
     def _resume(self) -> None:
         if self.out_dir is None:
             raise ValueError("resume=True needs out_dir (the run directory to continue)")
-        ckpt = load_checkpoint(resolve(self.out_dir), weights="model", training_state=True)
+        ckpt = load_checkpoint(resolve(self.out_dir), weights="model", training_state=True, kind=self.run_config.model.kind)
         mine, theirs = self.run_config.model, ckpt.config.model
+        if self.schedule is not None and theirs.sde.get("name") == "learned":  # the schedule resumes from its weights
+            self.schedule.load_spec(theirs.sde)
+            mine.sde = sde_spec(self.model.sde)
         if (mine.net, mine.sde, mine.prediction, mine.data_shape) != (theirs.net, theirs.sde, theirs.prediction, theirs.data_shape):
             raise ValueError(f"cannot resume {ckpt.path}: its model (net, SDE, prediction, data shape) differs from this run's")
         self.net.load_state_dict(ckpt.net_state)
