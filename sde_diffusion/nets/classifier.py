@@ -22,7 +22,7 @@ from ._config import check_arguments, check_dropout, constructor_config
 from .conditioning import Conditioning
 from .layers import RESAMPLE, AttentionBlock, Downsample, ResAttn, ResBlock, group_norm, zero_
 from .mlp import MLPBlock
-from .unet import _int_tuple
+from .unet import _int_tuple, level_resolutions
 
 #: named :class:`UNetClassifier` configurations ("tiny": 8×8 digits, "small": 28×28 MNIST), CPU-sized
 CLASSIFIER_CONFIGS: Dict[str, Dict[str, Any]] = {
@@ -57,14 +57,7 @@ class UNetClassifier(nn.Module):
         self.time_embedding = time_embedding
         self.embedding_scale = None if embedding_scale is None else float(embedding_scale)
         self.divisor = 2 ** (len(self.channel_mult) - 1)
-        if self.image_size % self.divisor:
-            raise ValueError(f"image_size must be divisible by {self.divisor} (2^(levels−1) for "
-                             f"{len(self.channel_mult)} levels), got {self.image_size}")
-        resolutions = [self.image_size // 2**level for level in range(len(self.channel_mult))]
-        unmatched = sorted(set(self.attn_resolutions) - set(resolutions))
-        if unmatched:
-            raise ValueError(f"attn_resolutions {list(self.attn_resolutions)}: {unmatched} match no level of "
-                             f"image_size {self.image_size} (level resolutions {resolutions})")
+        resolutions = level_resolutions(self.image_size, self.channel_mult, self.attn_resolutions)
 
         cond_dim = 4 * self.channels
         self.cond = Conditioning(time_embedding, 2 * ((self.channels + 1) // 2), cond_dim, embedding_scale)

@@ -35,6 +35,20 @@ def _int_tuple(values: Sequence[int], name: str, allow_empty: bool = False) -> t
     return tuple(positive_int(v, name) for v in values)
 
 
+def level_resolutions(image_size: int, channel_mult: Sequence[int], attn_resolutions: Sequence[int]) -> list:
+    """The side length at each level (image_size / 2^level), checking divisibility and the attention resolutions."""
+    divisor = 2 ** (len(channel_mult) - 1)
+    if image_size % divisor:
+        raise ValueError(f"image_size must be divisible by {divisor} (2^(levels−1) for "
+                         f"{len(channel_mult)} levels), got {image_size}")
+    resolutions = [image_size // 2**level for level in range(len(channel_mult))]
+    unmatched = sorted(set(attn_resolutions) - set(resolutions))
+    if unmatched:
+        raise ValueError(f"attn_resolutions {list(attn_resolutions)}: {unmatched} match no level of "
+                         f"image_size {image_size} (level resolutions {resolutions})")
+    return resolutions
+
+
 class UNet(nn.Module):
     """DDPM++-style UNet ``net(x, t, y=None)``; x of shape (B, in_channels, H, W), output (B, out_channels, H, W)."""
 
@@ -63,14 +77,7 @@ class UNet(nn.Module):
         self.time_embedding = time_embedding
         self.embedding_scale = None if embedding_scale is None else float(embedding_scale)
         self.divisor = 2 ** (len(self.channel_mult) - 1)
-        if self.image_size % self.divisor:
-            raise ValueError(f"image_size must be divisible by {self.divisor} (2^(levels−1) for "
-                             f"{len(self.channel_mult)} levels), got {self.image_size}")
-        resolutions = [self.image_size // 2**level for level in range(len(self.channel_mult))]
-        unmatched = sorted(set(self.attn_resolutions) - set(resolutions))
-        if unmatched:
-            raise ValueError(f"attn_resolutions {list(self.attn_resolutions)}: {unmatched} match no level of "
-                             f"image_size {self.image_size} (level resolutions {resolutions})")
+        resolutions = level_resolutions(self.image_size, self.channel_mult, self.attn_resolutions)
 
         cond_dim = 4 * self.channels
         self.cond = Conditioning(time_embedding, 2 * ((self.channels + 1) // 2), cond_dim, embedding_scale, num_classes)
