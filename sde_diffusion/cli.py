@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: solver accuracy per NFE against peers, sampler loop overhead",
                            description="Benchmarks; results go to benchmarks/results/ by default.")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    from .bench import guidance, overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
+    from .bench import guidance, overhead, score_error, solvers, stochastic, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
 
     solvers.add_arguments(targets.add_parser(
         "solvers", help="error vs NFE on exact-score GMMs, k-diffusion and score_sde peers in the same run",
@@ -68,11 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     guidance.add_arguments(targets.add_parser(
         "guidance", help="guidance scale sweep and inpainting methods against exact GMM targets",
         description=guidance.__doc__.split("\n\n")[0]))
+    stochastic.add_arguments(targets.add_parser(
+        "stochastic", help="stochastic samplers per NFE by excess cross-entropy on exact GMMs, with its floor; knobs tuned",
+        description=stochastic.__doc__.split("\n\n")[0]))
     from .bench import learned_schedule
 
     learned_schedule.add_arguments(targets.add_parser(
         "learned_schedule", help="digits: fixed VP vs learned (VDM) schedule, −ELBO bits/dim and its estimator's variance",
         description=learned_schedule.__doc__.split("\n\n")[0]))
+    from .bench import likelihood as likelihood_bench
+
+    likelihood_bench.add_arguments(targets.add_parser(
+        "likelihood", help="PF-ODE log-likelihood: NFE to 1e-3 nats vs torchdiffeq and score_sde; digits bits/dim by 3 routes",
+        description=likelihood_bench.__doc__.split("\n\n")[0]))
     train_throughput.add_arguments(targets.add_parser(
         "throughput", help="training images/s, peak memory, MFU: fp32 eager vs bf16 + compile + channels_last",
         description=train_throughput.__doc__.split("\n\n")[0]))
@@ -118,11 +126,12 @@ def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
 
         run_demo(args.out, n=args.n, seed=args.seed)
     elif args.command == "bench":
-        from .bench import guidance, learned_schedule, overhead, score_error, solvers, train_digits, train_throughput, trainer_overhead, unet
+        from .bench import guidance, learned_schedule, overhead, score_error, solvers, stochastic, train_digits, train_throughput, trainer_overhead, unet
+        from .bench import likelihood as likelihood_bench
 
         module = {"guidance": guidance, "solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet, "score_error": score_error,
-                  "trainer_overhead": trainer_overhead, "throughput": train_throughput,
-                  "learned_schedule": learned_schedule}[args.target]
+                  "trainer_overhead": trainer_overhead, "throughput": train_throughput, "stochastic": stochastic,
+                  "learned_schedule": learned_schedule, "likelihood": likelihood_bench}[args.target]
         module.run(args, " ".join(["sde-diffusion"] + list(sys.argv[1:] if argv is None else argv)))
     return 0
 

@@ -22,11 +22,17 @@ from torchdiffeq import odeint
 
 from ._checks import check_finite, checked_samples, positive, positive_int
 from .guidance import ClassifierGuidance
+from .likelihood_solver import integrate
 from .model import ScoreModel
 from .samplers.probability_flow import ADAPTIVE_METHODS
 from .sde import randn
 
 PROBES = ("rademacher", "gaussian")
+#: the package's own solver (:mod:`.likelihood_solver`): UniPC-4 forward in λ with error control
+SOLVER_METHODS = ("unipc",)
+#: rtol = atol used when not given: the package's solver estimates the error of its lower-order member (much
+#: larger than the error it makes), so its tolerance buys more accuracy than torchdiffeq's at the same value
+DEFAULT_TOLERANCES = {"unipc": 1e-4, "torchdiffeq": 1e-5}
 DEQUANTIZATIONS = ("uniform",)
 #: dimension up to which ``exact_divergence=None`` picks the exact divergence
 EXACT_DIVERGENCE_MAX_DIM = 64
@@ -64,18 +70,26 @@ def log_likelihood(
     exact_divergence: Optional[bool] = None,
     probes: int = 1,
     probe: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "dopri5",
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    method: str = "unipc",
     t0: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
     model_kwargs: Optional[Dict[str, Any]] = None,
 ) -> Likelihood:
     """log p_{t0}(x) of the model's marginal at ``t0`` (default ``sde.eps``), in nats per sample.
 
-    Solves d(x, Δ)/dt = (h, ∇·h) from t0 to T with torchdiffeq's adaptive ``method`` (float64 state,
-    t = [t0, T] only, so memory does not grow with the number of steps) and returns
+    Solves d(x, Δ)/dt = (h, ∇·h) from t0 to T (float64 state) and returns
     log p_{t0}(x) = log N(z; 0, prior_std² I) + Δ(T)  (module docstring; Song et al. 2021, App. D.2).
+    ``method="unipc"`` (default): the package's UniPC-4 run forward in λ with error control, one network
+    evaluation per attempted step (:mod:`.likelihood_solver`); any other name is a torchdiffeq adaptive method
+    ("dopri5", …) in t, called on t = [t0, T] only. No x-sized state is kept per step (unipc keeps B numbers
+    per accepted step for its quadrature of Δ). ``rtol``/``atol`` default to the method's
+    :data:`DEFAULT_TOLERANCES`: 1e-4 for unipc, 1e-5 (score_sde's) for torchdiffeq. Measured by
+    ``sde-diffusion bench likelihood``: on exact-score GMMs (2-D, 16-D) unipc reaches 1e-3 nats (max over a batch)
+    in 0.57–0.66× the NFE of score_sde's scipy RK45 and 0.58–0.62× dopri5's; at their defaults unipc (1e-4) was
+    4–25× more accurate than dopri5 (1e-5) with 0.6–1.06× its NFE. On a DiscreteVPSDE (DDPM) model, whose f and
+    g² jump at every step, dopri5 in t needed 3,284 NFE for 0.1 nats where unipc needed 54.
 
     ``exact_divergence=None`` uses the exact divergence when D = x[0].numel() ≤ 64, else Hutchinson with
     ``probes`` ``probe`` vectors ("rademacher" ±1 or "gaussian"), drawn once from ``generator``.
@@ -95,44 +109,29 @@ def log_likelihood(
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     probes = positive_int(probes, "probes")
-    rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
-    if method not in ADAPTIVE_METHODS:
-        raise ValueError(f"method must be one of torchdiffeq's adaptive methods {sorted(ADAPTIVE_METHODS)}, got {method!r}")
+    if method not in SOLVER_METHODS and method not in ADAPTIVE_METHODS:
+        raise ValueError(f"method must be one of {list(SOLVER_METHODS)} or torchdiffeq's adaptive methods "
+                         f"{sorted(ADAPTIVE_METHODS)}, got {method!r}")
+    default_tol = DEFAULT_TOLERANCES.get(method, DEFAULT_TOLERANCES["torchdiffeq"])
+    rtol = positive(default_tol if rtol is None else rtol, "rtol")
+    atol = positive(default_tol if atol is None else atol, "atol")
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
 
     dim = x[0].numel()
     exact = dim <= EXACT_DIVERGENCE_MAX_DIM if exact_divergence is None else exact_divergence
     eps = None if exact else _draw_probes(probe, probes, x, generator)
-    net_dtype, T = x.dtype, float(sde.T)
-    nfe = 0
-
-    def dynamics(t: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
-        nonlocal nfe
-        y = state[0]
-        if not torch.isfinite(y).all():
-            raise FloatingPointError(f"log_likelihood: NaN or Inf in the ODE state at evaluation {nfe} (t = {float(t):.6g})")
-        t64 = t.detach().to(device="cpu", dtype=F64).clamp(t_start, T)
-        with torch.enable_grad():
-            y_in = y.detach().to(net_dtype).requires_grad_(True)
-            score = model._predict(y_in, float(t64), model_kwargs).score
-            nfe += 1
-            if not score.requires_grad:
-                raise TypeError("log_likelihood needs a score differentiable in x (autograd divergence), but the "
-                                "model's score does not depend on x through autograd (is x detached inside the net?)")
-            div_score = _exact_divergence(score, y_in) if eps is None else _hutchinson_divergence(score, y_in, eps)
-        f, g2 = float(sde._f(t64)), float(sde._g2(t64))
-        drift = f * y - 0.5 * g2 * score.detach().to(F64)
-        return drift, f * dim - 0.5 * g2 * div_score.detach().to(F64)
-
-    state0 = (x.detach().to(F64), torch.zeros(x.shape[0], dtype=F64, device=x.device))
-    times = torch.tensor([t_start, T], dtype=F64, device=x.device)
+    evaluate = _ScoreAndDivergence(model, eps, x.dtype, model_kwargs, t_start, float(sde.T))
+    x64 = x.detach().to(F64)
     with torch.no_grad():
-        ys, deltas = odeint(dynamics, state0, times, method=method, rtol=rtol, atol=atol)
-    z, delta = ys[-1], deltas[-1]
+        if method in SOLVER_METHODS:
+            solve = integrate(evaluate, sde, x64, t_start, rtol=rtol, atol=atol)
+            z, delta = solve.z, solve.delta
+        else:
+            z, delta = _odeint(evaluate, sde, x64, t_start, method, rtol, atol)
     check_finite(z, "the latent z at T (the ODE solve diverged)")
     prior = sde.prior_logp(z)
-    return Likelihood(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=nfe)
+    return Likelihood(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=evaluate.calls)
 
 
 def bits_per_dim(
@@ -191,6 +190,56 @@ def dequantize(images_uint8: Tensor, generator: Optional[torch.Generator], dtype
     return ((images_uint8.to(F64) + v) / 256.0).to(dtype)
 
 
+class _ScoreAndDivergence:
+    """evaluate(y, t) -> (s_θ, ∇·s_θ, ∂s_θ/∂y or None) at (y, t) in float64; counts calls.
+
+    The divergence is exact (then, for D ≤ :data:`EXACT_DIVERGENCE_MAX_DIM`, the (B, D, D) Jacobian its backward
+    passes compute comes along) or the Hutchinson estimate with the fixed probes ``eps`` (no Jacobian).
+    """
+
+    def __init__(self, model: ScoreModel, eps: Optional[Tensor], net_dtype: torch.dtype,
+                 model_kwargs: Optional[Dict[str, Any]], t_start: float, T: float):
+        self.model, self.eps, self.net_dtype, self.model_kwargs = model, eps, net_dtype, model_kwargs
+        self.t_start, self.T, self.calls = t_start, T, 0
+
+    def __call__(self, y: Tensor, t: float) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        if not torch.isfinite(y).all():
+            raise FloatingPointError(f"log_likelihood: NaN or Inf in the ODE state at evaluation {self.calls} (t = {t:.6g})")
+        t = min(max(t, self.t_start), self.T)
+        with torch.enable_grad():
+            y_in = y.detach().to(self.net_dtype).requires_grad_(True)
+            score = self.model._predict(y_in, t, self.model_kwargs).score
+            self.calls += 1
+            if not score.requires_grad:
+                raise TypeError("log_likelihood needs a score differentiable in x (autograd divergence), but the "
+                                "model's score does not depend on x through autograd (is x detached inside the net?)")
+            jacobian = None
+            if self.eps is not None:
+                div = _hutchinson_divergence(score, y_in, self.eps)
+            elif y[0].numel() <= EXACT_DIVERGENCE_MAX_DIM:
+                jacobian = _jacobian(score, y_in).to(F64)
+                div = jacobian.diagonal(dim1=1, dim2=2).sum(1)
+            else:
+                div = _exact_divergence(score, y_in)
+        return score.detach().to(F64), div.detach().to(F64), jacobian
+
+
+def _odeint(evaluate: _ScoreAndDivergence, sde, x: Tensor, t_start: float, method: str, rtol: float, atol: float):
+    """(z, Δ(T)) from torchdiffeq's ``method`` on d(x, Δ)/dt = (h, ∇·h), t = [t0, T] only."""
+    dim = x[0].numel()
+
+    def dynamics(t: Tensor, state: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+        t64 = t.detach().to(device="cpu", dtype=F64).clamp(t_start, float(sde.T))
+        score, div_score, _ = evaluate(state[0], float(t64))
+        f, g2 = float(sde._f(t64)), float(sde._g2(t64))
+        return f * state[0] - 0.5 * g2 * score, f * dim - 0.5 * g2 * div_score
+
+    state0 = (x, torch.zeros(x.shape[0], dtype=F64, device=x.device))
+    times = torch.tensor([t_start, float(sde.T)], dtype=F64, device=x.device)
+    ys, deltas = odeint(dynamics, state0, times, method=method, rtol=rtol, atol=atol)
+    return ys[-1], deltas[-1]
+
+
 def _exact_divergence(out: Tensor, y: Tensor) -> Tensor:
     """Σ_i ∂out_i/∂y_i per row, one backward pass per dimension (rows assumed independent)."""
     flat_out = out.reshape(out.shape[0], -1)
@@ -199,6 +248,14 @@ def _exact_divergence(out: Tensor, y: Tensor) -> Tensor:
         grad = torch.autograd.grad(flat_out[:, i].sum(), y, retain_graph=True)[0]
         div = div + grad.reshape(grad.shape[0], -1)[:, i]
     return div
+
+
+def _jacobian(out: Tensor, y: Tensor) -> Tensor:
+    """(B, D, D) per-row Jacobian ∂out_i/∂y_j, one backward pass per output dimension (rows assumed independent)."""
+    flat_out = out.reshape(out.shape[0], -1)
+    rows = [torch.autograd.grad(flat_out[:, i].sum(), y, retain_graph=True)[0].reshape(out.shape[0], -1)
+            for i in range(flat_out.shape[1])]
+    return torch.stack(rows, 1).detach()
 
 
 def _hutchinson_divergence(out: Tensor, y: Tensor, eps: Tensor) -> Tensor:
