@@ -41,7 +41,7 @@ from .._io import atomic_path, write_text
 from ..data.gmm import GaussianMixture
 from ..guidance import ClassifierFreeGuidance, ClassifierGuidance
 from ..inverse import DiffusionPosteriorSampling, Inpaint, MaskOperator
-from ..metrics import mmd
+from ..metrics import energy_distance, mmd
 from ..model import ScoreModel
 from ..sde import LinearSDE, VPSDE
 
@@ -90,14 +90,6 @@ class GridDensity:
         n = positive_int(n, "n")
         cell = torch.multinomial(self.probs, n, replacement=True, generator=generator)
         return self.points[cell] + self.width * (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5)
-
-
-def energy_distance(x: Tensor, y: Tensor) -> float:
-    """Energy distance 2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖ (Székely & Rizzo 2013), U-statistic form."""
-    x, y = x.reshape(x.shape[0], -1).double(), y.reshape(y.shape[0], -1).double()
-    n, m = x.shape[0], y.shape[0]
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).sum() / (n * (n - 1))
-                 - torch.cdist(y, y).sum() / (m * (m - 1)))
 
 
 def distances(samples: Tensor, reference: Tensor) -> Dict[str, float]:

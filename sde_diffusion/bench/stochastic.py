@@ -45,13 +45,8 @@ from ..metrics import Estimate, cross_entropy, energy_distance, excess_cross_ent
 from ..model import ScoreModel
 from ..sde import VPSDE, LinearSDE
 from . import peers
-from ._standalone import entry_points, torch_threads
+from ._standalone import entry_points, jsonable, machine, torch_threads
 from .problems import CallCounter, anisotropic_mixture
-
-try:
-    from ._standalone import machine
-except ImportError:  # until the solver benchmark's split moves it there
-    from .solvers import machine
 
 DEFAULT_OUT = "benchmarks/results"
 FULL_BUDGETS = (10, 20, 50, 100, 200, 500)
@@ -606,16 +601,6 @@ def plot(report: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _jsonable(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 # ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
@@ -669,7 +654,7 @@ def _run(args: argparse.Namespace, command: str, log) -> Dict[str, Any]:
                       "k_diffusion": kd_version, "quick": quick, "seed": args.seed, "seconds": time.perf_counter() - start,
                       **sizes}
     out = Path(args.out)
-    write_text(out / "stochastic.json", json.dumps(_jsonable(report), indent=1, default=str) + "\n")
+    write_text(out / "stochastic.json", json.dumps(jsonable(report), indent=1, default=str) + "\n")
     write_text(out / "stochastic.md", markdown_report(report))
     plot(report, out / "stochastic.png")
     log(f"wrote {out / 'stochastic.md'}, {out / 'stochastic.json'}, {out / 'stochastic.png'} ({report['meta']['seconds']:.0f}s)")
