@@ -38,7 +38,7 @@ from torch import Tensor
 from ._checks import check_finite, positive, positive_int
 from .guidance import _GuidedModel
 from .model import Prediction, ScoreModel
-from .samplers.base import FixedStepSampler, Interval, Sampler, SamplingContext, intervals
+from .samplers.base import FixedStepSampler, Interval, Sampler, SamplingContext, intervals, snapshot_state
 from .samplers.predictor_corrector import PredictorCorrector, langevin_step
 
 __all__ = ["Inpaint", "DiffusionPosteriorSampling", "MaskOperator", "AveragePool", "GaussianBlur"]
@@ -110,13 +110,13 @@ class Inpaint(Sampler):
         ctx.remember_schedule(steps)
         for first in range(0, len(steps), self.jump_length):
             block = steps[first:first + self.jump_length]
-            before = _snapshot(ctx.state)  # a redone block must find a multistep rule's history as it was
+            before = snapshot_state(ctx.state)  # a redone block must find a multistep rule's history as it was
             alpha, std = (float(v) for v in ctx.sde.transition(block[-1].s, block[0].t))
             for redo in range(self.resample + 1):
                 if redo:
                     x = alpha * x + std * ctx.noise(x)  # x_t | x_s for the block's first t and last s
                     ctx.state.clear()
-                    ctx.state.update(_snapshot(before))
+                    ctx.state.update(snapshot_state(before))
                 for iv in block:
                     x = self._step(ctx, x, iv, mask, y0)
                     if redo == self.resample:
@@ -142,11 +142,6 @@ class Inpaint(Sampler):
     def __repr__(self) -> str:
         return (f"Inpaint(sampler={self.sampler!r}, mask={tuple(self.mask.shape)}, observed={tuple(self.observed.shape)}, "
                 f"resample={self.resample}, jump_length={self.jump_length})")
-
-
-def _snapshot(state: Dict[str, Any]) -> Dict[str, Any]:
-    """A copy of a sampler's scratch state deep enough for the in-place list updates multistep rules make."""
-    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
 
 
 def _replace(ctx: SamplingContext, x: Tensor, mask: Tensor, y0: Tensor, alpha: float, sigma: float) -> Tensor:

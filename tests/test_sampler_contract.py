@@ -275,6 +275,56 @@ def test_nan_at_the_end_of_the_grid_is_caught(name, sde):
         build(name, **kwargs).sample(sd.ScoreModel.from_score_fn(score, sde), shape=SHAPE, generator=_gen(15))
 
 
+FIXED_STEP = [n for n in NAMES if isinstance(build(n), S.FixedStepSampler)]
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "ddpm", "dpm_solver", "unipc", "heun"])
+def test_nan_inside_a_block_is_named_by_the_replay(name, sde):
+    """40 steps on CPU, checked only at the ends of blocks of 16: a NaN from t < 0.31 (inside the second
+    block) must name the step the per-step check (forced by a callback) names, not the block's end."""
+    grid = torch.linspace(1.0, sde.eps, 41, dtype=torch.float64)
+    messages = []
+    for callback in (None, lambda info: None):
+        with pytest.raises(S.NonFiniteError) as info:
+            S.REGISTRY[name](grid=grid).sample(_nan_below(sde, 0.31), shape=SHAPE, generator=_gen(16), callback=callback)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    first_bad = int(torch.nonzero(grid[1:] < 0.31)[0]) if name == "heun" else int(torch.nonzero(grid[:-1] < 0.31)[0])
+    assert f"step {first_bad} " in messages[0] and first_bad != 31, messages[0]  # (heun evaluates at s too)
+
+
+@pytest.mark.parametrize("name", FIXED_STEP)
+def test_checking_blocks_changes_no_sample(name, model):
+    """The blocked check (no callback) and the per-step check (a callback) give the same samples bit for bit,
+    so saving and restoring the generator state for a possible replay takes nothing from the random stream."""
+    plain = build(name, steps=20).sample(model, shape=SHAPE, generator=_gen(17)).x
+    seen = []
+    watched = build(name, steps=20).sample(model, shape=SHAPE, generator=_gen(17), callback=seen.append).x
+    assert seen and torch.equal(plain, watched)
+
+
+def test_a_nan_the_replay_does_not_reproduce_names_the_block(sde):
+    """A network that is NaN once and finite when asked again (not deterministic): the blocked check still
+    stops, at the last step of the block in which it saw the NaN."""
+    gmm, calls = reference_gmm(), {"n": 0}
+
+    def score(x, t):
+        calls["n"] += 1
+        s = gmm.score(x, t.double(), sde)
+        return torch.full_like(s, float("nan")) if calls["n"] == 5 else s
+
+    grid = torch.linspace(1.0, sde.eps, 41, dtype=torch.float64)
+    with pytest.raises(S.NonFiniteError, match=r"step 15 \(t = "):
+        S.DDIM(grid=grid).sample(sd.ScoreModel.from_score_fn(score, sde), shape=SHAPE, generator=_gen(18))
+
+
+def test_inf_in_x_T_rejected(model):
+    x_T = torch.zeros(SHAPE)
+    x_T[3, 1] = float("inf")
+    with pytest.raises(ValueError, match="x_T"):
+        S.DDIM(steps=STEPS).sample(model, x_T=x_T)
+
+
 def test_non_finite_x_T_rejected(model):
     x_T = torch.zeros(SHAPE)
     x_T[0, 0] = float("nan")

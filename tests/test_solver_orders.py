@@ -199,3 +199,21 @@ def test_sde_dpm_solver_1_is_ddim_eta_1(sde_name):
     ours = DPMSolver(steps=10, order=1, eta=1.0, grid="uniform").sample(model, generator=torch.Generator().manual_seed(2), **kw)
     ddim = DDIM(steps=10, eta=1.0, grid="uniform").sample(model, generator=torch.Generator().manual_seed(2), **kw)
     torch.testing.assert_close(ours.x, ddim.x, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_unipc_weight_solve_matches_numpy(n):
+    """UniPC's plain-float solve of R(r)·a = b against numpy's LU solve, on its own Vandermonde-like systems
+    (ratios r_k from random step-size histories) and on random dense ones that need pivoting."""
+    import numpy as np
+
+    from sde_diffusion.samplers.unipc import _weights, solve
+
+    rng = np.random.default_rng(n)
+    for _ in range(20):
+        rks = sorted((-rng.uniform(0.2, 3.0, n - 1)).tolist()) + [1.0]
+        R, b, _, _ = _weights(rks, float(rng.uniform(0.05, 1.5)), n, "bh2")
+        np.testing.assert_allclose(solve(R, b), np.linalg.solve(np.array(R), np.array(b)), rtol=1e-9, atol=1e-12)
+        A, y = rng.normal(size=(n, n)), rng.normal(size=n)
+        A[0, 0] = 0.0 if n > 1 else A[0, 0]  # a zero leading pivot
+        np.testing.assert_allclose(solve(A.tolist(), y.tolist()), np.linalg.solve(A, y), rtol=1e-8, atol=1e-10)

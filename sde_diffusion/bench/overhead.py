@@ -141,7 +141,8 @@ def hand_dpm_solver_2m(net, sde, x, steps, generator, grid="log_snr", lower_orde
 
 def _unipc_weights(rks: Sequence[float], h: float, order: int):
     """UniPC bh2 (data prediction): R, b, B(h), hφ₁ (Zhao et al. 2023, eq. 12), from the sampler's own module."""
-    return unipc_weights(rks, h, order, "bh2")
+    R, b, b_h, h_phi_1 = unipc_weights(rks, h, order, "bh2")
+    return np.array(R), np.array(b), b_h, h_phi_1
 
 
 def hand_unipc(net, sde, x, steps, generator, grid="log_snr", order=3, lower_order_final=True):

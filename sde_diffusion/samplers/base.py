@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -76,12 +77,12 @@ class Interval:
         """α_{t|s} = α_t/α_s of the forward kernel x_t | x_s."""
         return self.alpha_t / self.alpha_s
 
-    @property
+    @cached_property
     def start(self) -> Point:
         """The schedule at t, as the exponential integrators take it."""
         return Point(self.t, self.alpha_t, self.sigma_t, self.lambda_t)
 
-    @property
+    @cached_property
     def end(self) -> Point:
         """The schedule at s."""
         return Point(self.s, self.alpha_s, self.sigma_s, self.lambda_s)
@@ -169,6 +170,7 @@ class FiniteGuard:
     """Stops sampling at the first NaN/Inf, naming the step and t.
 
     The test is ``isfinite(x.sum())`` (one read of the state; NaN and ±Inf propagate into the sum).
+    A fixed-step loop on CPU reads only some of the states (see :func:`walk`).
     On CPU it is checked at once; on an accelerator the sums are queued and checked every
     ``every`` steps, so the loop does not synchronise with the device at each step.
     """
@@ -178,14 +180,19 @@ class FiniteGuard:
         self._pending: List[tuple] = []
 
     def __call__(self, x: Tensor, i: int, t_from: float, t_to: float) -> None:
-        total = x.sum()
         if x.device.type == "cpu":
-            if not math.isfinite(float(total)) and not torch.isfinite(x).all():
+            if not finite(x):
                 self._fail(i, t_from, t_to)
             return
-        self._pending.append((total, i, t_from, t_to))
+        self._pending.append((x.sum(), i, t_from, t_to))
         if len(self._pending) >= self.every:
             self.flush()
+
+    def check(self, x: Tensor, i: int, t_from: float, t_to: float) -> None:
+        """Check x now, on any device (after what is queued)."""
+        self.flush()
+        if not finite(x):
+            self._fail(i, t_from, t_to)
 
     def flush(self) -> None:
         if not self._pending:
@@ -198,6 +205,57 @@ class FiniteGuard:
 
     def _fail(self, i: int, t_from: float, t_to: float) -> None:
         raise NonFiniteError(f"{self.owner}: NaN or Inf in the state after step {i} (t = {t_from:.6g} -> {t_to:.6g})")
+
+
+def finite(x: Tensor) -> bool:
+    """Whether every entry of x is finite: one summation, and the exact test only when the sum is not finite."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def snapshot_state(state: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of a sampler's scratch state deep enough for the in-place list updates multistep rules make."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
+
+
+StepRule = Callable[[SamplingContext, Tensor, Interval], Tensor]
+
+
+def walk(ctx: SamplingContext, x: Tensor, steps: Sequence[Interval], rule: StepRule, block: int = 16) -> Tensor:
+    """x after ``rule`` over ``steps``, stopping at the first NaN/Inf with its step named.
+
+    Every step is visited (checked, recorded, reported) when anything watches the steps (a callback, a
+    trajectory, an x̂_0 transform), on an accelerator (whose checks are queued, see :class:`FiniteGuard`),
+    or with a list of per-sample generators. Otherwise, on CPU, where reading the state is what a check
+    costs, only the last state of each ``block`` of steps is read. The step rules update the state by
+    linear combinations of itself and the network's outputs, so a NaN/Inf, once in it, stays in it
+    (NaN·0 and Inf − Inf are NaN); when a block's last state fails, the block is replayed from its
+    first state, scratch state and generator state, checking each step, to name the first bad one.
+    """
+    dense = (ctx.callback is not None or ctx.trajectory is not None or ctx.x0_transform is not None
+             or x.device.type != "cpu" or isinstance(ctx.generator, (list, tuple)))
+    if dense:
+        for iv in steps:
+            x = rule(ctx, x, iv)
+            ctx.visit(x, iv.i, iv.t, iv.s)
+        return x
+    rng = ctx.generator if ctx.generator is not None else torch.default_generator
+    for first in range(0, len(steps), block):
+        part = steps[first:first + block]
+        start, rng_state, state = x, rng.get_state(), snapshot_state(ctx.state)
+        for iv in part:
+            x = rule(ctx, x, iv)
+        if finite(x):
+            continue
+        x = start
+        rng.set_state(rng_state)
+        ctx.state.clear()
+        ctx.state.update(state)
+        for iv in part:
+            x = rule(ctx, x, iv)
+            ctx.guard.check(x, iv.i, iv.t, iv.s)
+        last = part[-1]  # the replay came out finite: a network that is not deterministic
+        ctx.guard._fail(last.i, last.t, last.s)
+    return x
 
 
 class Sampler(ABC):
@@ -255,7 +313,7 @@ class Sampler(ABC):
                 raise ValueError(f"shape {tuple(shape)} does not match x_T's shape {tuple(x_T.shape)}")
             if x_T.dim() < 1 or x_T.shape[0] == 0:
                 raise ValueError(f"x_T must have a non-empty batch dimension, got shape {tuple(x_T.shape)}")
-            if not torch.isfinite(x_T).all():
+            if not finite(x_T):
                 raise ValueError("x_T contains NaN or Inf")
             return x_T
         if shape is None:
@@ -321,9 +379,7 @@ class FixedStepSampler(Sampler):
         ctx.state["steps"] = len(ts) - 1  # the steps actually walked (an explicit grid overrides ``steps``)
         steps = intervals(ctx.sde, ts)
         ctx.remember_schedule(steps)
-        for interval in steps:
-            x = self.step(ctx, x, interval)
-            ctx.visit(x, interval.i, interval.t, interval.s)
+        x = walk(ctx, x, steps, self.step)
         return finish(ctx, x, ts, self.denoise)
 
     @abstractmethod

@@ -29,6 +29,8 @@ class DDIM(FixedStepSampler):
 
     def step(self, ctx: SamplingContext, x: Tensor, iv: Interval) -> Tensor:
         pred = ctx.predict(x, iv.t)
+        if self.eta == 0:
+            return iv.alpha_s * pred.x0 + iv.sigma_s * pred.eps
         c = self.eta * math.sqrt(iv.var_ts * iv.sigma_s**2 / iv.sigma_t**2)
         x = iv.alpha_s * pred.x0 + math.sqrt(max(iv.sigma_s**2 - c**2, 0.0)) * pred.eps
         return x + c * ctx.noise(x) if c > 0 else x

@@ -58,7 +58,7 @@ class ErrorControlledSolver(Sampler):
             delta = torch.clamp_min(self.rtol * torch.maximum(low.abs(), x.abs()), self.atol)
             error = float(torch.linalg.vector_norm((low - high) / delta) / math.sqrt(low.numel()))
             if not math.isfinite(error):
-                ctx.guard(high, len(times) - 1, start.t, end.t)
+                ctx.guard.check(high, len(times) - 1, start.t, end.t)
             if error <= 1.0:
                 x = high
                 self._accepted(ctx, start, end)

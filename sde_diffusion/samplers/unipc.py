@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
-import numpy as np
 from torch import Tensor
 
 from .base import FixedStepSampler, Interval, SamplingContext
@@ -26,7 +25,8 @@ VARIANTS = ("bh1", "bh2")
 
 
 def _weights(rks: Sequence[float], h: float, order: int, variant: str):
-    """(R, b, B(h), hφ₁) of UniPC for the ratios rks (last entry 1.0) and step h (data prediction: hh = −h)."""
+    """(R, b, B(h), hφ₁) of UniPC for the ratios rks (last entry 1.0) and step h (data prediction: hh = −h);
+    R and b as lists of floats."""
     hh = -h
     h_phi_1 = math.expm1(hh)
     h_phi_k = h_phi_1 / hh - 1.0
@@ -37,7 +37,27 @@ def _weights(rks: Sequence[float], h: float, order: int, variant: str):
         b.append(h_phi_k * factorial / b_h)
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1.0 / factorial
-    return np.array(rows), np.array(b), b_h, h_phi_1
+    return rows, b, b_h, h_phi_1
+
+
+def solve(rows: List[List[float]], b: List[float]) -> List[float]:
+    """x with rows·x = b for the few-unknown systems of UniPC's weights, by Gaussian elimination with partial
+    pivoting in plain floats (numpy's solve costs more in call overhead than these 1–4 unknowns in arithmetic)."""
+    n = len(b)
+    a = [list(row[:n]) + [b[i]] for i, row in enumerate(rows[:n])]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
+        if a[pivot][col] == 0.0:
+            raise ZeroDivisionError("UniPC: singular weight system (two history points at the same λ)")
+        a[col], a[pivot] = a[pivot], a[col]
+        for r in range(col + 1, n):
+            f = a[r][col] / a[col][col]
+            for c in range(col, n + 1):
+                a[r][c] -= f * a[col][c]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (a[r][n] - sum(a[r][c] * x[c] for c in range(r + 1, n))) / a[r][r]
+    return x
 
 
 class UniPC(FixedStepSampler):
@@ -101,14 +121,14 @@ class UniPC(FixedStepSampler):
         x_next = self._base(x, start, end, history[0][1], h_phi_1)
         if not d1s:
             return x_next
-        rhos = [0.5] if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+        rhos = [0.5] if order == 2 else solve([row[:-1] for row in R[:-1]], b[:-1])
         return x_next - (end.alpha * b_h) * sum(r * d for r, d in zip(rhos, d1s))
 
     def _correct(self, x_prev: Tensor, start: Point, end: Point, history, m_new: Tensor, order: int) -> Tensor:
         h = end.lam - start.lam
         rks, d1s = self._differences(history, start, h, order)
         R, b, b_h, h_phi_1 = _weights(rks, h, order, self.variant)
-        rhos = [0.5] if order == 1 else np.linalg.solve(R, b).tolist()
+        rhos = [0.5] if order == 1 else solve(R, b)
         m0 = history[0][1]
         residual = rhos[-1] * (m_new - m0)
         for r, d in zip(rhos[:-1], d1s):
