@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: solver accuracy per NFE against peers, sampler loop overhead",
                            description="Benchmarks; results go to benchmarks/results/ by default.")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    from .bench import guidance, overhead, score_error, solvers, stochastic, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
+    from .bench import guidance, interop, overhead, score_error, solvers, stochastic, train_digits, train_throughput, trainer_overhead, unet  # light: heavy imports happen when a benchmark runs
 
     solvers.add_arguments(targets.add_parser(
         "solvers", help="error vs NFE on exact-score GMMs, k-diffusion and score_sde peers in the same run",
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_arguments(targets.add_parser(
         "overhead", help="each fixed-step sampler's wall time per step against a hand-written loop",
         description=overhead.__doc__.split("\n\n")[0]))
+    interop.add_arguments(targets.add_parser(
+        "interop", help="diffusers UNet: our samplers via from_diffusers vs diffusers' scheduler loops, per-step time",
+        description=interop.__doc__.split("\n\n")[0]))
     train_digits.add_arguments(targets.add_parser(
         "train", help="train on digits with the defaults; FD, confidence and copy check per sampler",
         description=train_digits.__doc__.split("\n\n")[0]))
@@ -126,10 +129,10 @@ def _run(args: argparse.Namespace, argv: Optional[List[str]]) -> int:
 
         run_demo(args.out, n=args.n, seed=args.seed)
     elif args.command == "bench":
-        from .bench import guidance, learned_schedule, overhead, score_error, solvers, stochastic, train_digits, train_throughput, trainer_overhead, unet
+        from .bench import guidance, interop, learned_schedule, overhead, score_error, solvers, stochastic, train_digits, train_throughput, trainer_overhead, unet
         from .bench import likelihood as likelihood_bench
 
-        module = {"guidance": guidance, "solvers": solvers, "overhead": overhead, "train": train_digits, "unet": unet, "score_error": score_error,
+        module = {"guidance": guidance, "solvers": solvers, "overhead": overhead, "interop": interop, "train": train_digits, "unet": unet, "score_error": score_error,
                   "trainer_overhead": trainer_overhead, "throughput": train_throughput, "stochastic": stochastic,
                   "learned_schedule": learned_schedule, "likelihood": likelihood_bench}[args.target]
         module.run(args, " ".join(["sde-diffusion"] + list(sys.argv[1:] if argv is None else argv)))
