@@ -22,6 +22,11 @@ k parameters instead of N, so fewer sampler runs and less room to fit the calibr
 ``method="gits"`` instead picks the sub-grid of a fine log-SNR candidate grid that minimises the summed
 one-step DDIM error along pilot trajectories, by dynamic programming (Chen et al. 2024, see :func:`gits_grid`):
 one reference solve and one evaluation per candidate, no search.
+
+``method="ays"`` searches the same log-SNR step shares for the least KL-divergence upper bound between the
+reverse SDE and its first-order linearisation on the grid (Align Your Steps, Sabour et al. 2024; see
+:mod:`.grid_klub`), estimated on the calibration draws' reference samples: an objective of the schedule and the
+data alone, the same for every sampler.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ from .grids import GridLike, make_grid
 #: the reference PF-ODE solve (as in :mod:`sde_diffusion.bench.problems`)
 REFERENCE_RTOL = 1e-10
 REFERENCE_ATOL = 1e-12
-METHODS = ("direct", "gits")
+METHODS = ("direct", "gits", "ays")
 #: GITS's fine candidate grid: this many log-SNR-uniform intervals from T to eps
 GITS_CANDIDATES = 120
 #: edge of Nelder–Mead's first simplex in θ (0.5: a λ-step share changes by ~1.6×)
@@ -202,13 +207,12 @@ def optimize(
     bounds the sampler runs; ``basis`` (None: all N log-SNR steps free) restricts the search to that many smooth
     Legendre modes of the step shares (see the module docstring). ``method="gits"`` replaces the search by GITS's
     dynamic programme (:func:`gits_grid`; ``init`` is then only the baseline of ``info.initial_rms``, and
-    ``reference``/``search``/``max_evals``/``basis`` are unused).
+    ``reference``/``search``/``max_evals``/``basis`` are unused); ``method="ays"`` searches (``search``, ``basis``,
+    ``max_evals``) for the least KLUB on the reference samples instead of the least pathwise error.
     The sampler should be deterministic (a stochastic one, e.g. ``eta > 0``, makes the objective noisy).
     Returns the decreasing float64 grid (T … eps, ``steps + 1`` points), and with ``return_info`` also a
     :class:`GridOptimizationInfo` with the calibration cost (NFE, seconds) and errors.
     """
-    from scipy.optimize import minimize
-
     if not isinstance(sampler, FixedStepSampler):
         raise TypeError(f"sampler must be a fixed-step sampler (DPMSolver, UniPC, DDIM, ...), got {type(sampler).__name__}")
     if not isinstance(model, ScoreModel):
@@ -249,6 +253,11 @@ def optimize(
             raise ValueError("reference(x_T) contains NaN or Inf")
 
     spent = {"nfe": 0, "evals": 0}
+    theta0 = log_snr_parameters(sde, init_grid)
+    theta0 = theta0 - theta0.mean()
+    if method == "ays":
+        return _optimize_ays(sampler, model, steps, x_T, target, init_grid, theta0, basis, search, max_evals,
+                             generator, model_kwargs, reference_nfe, start, return_info)
 
     def objective(theta: np.ndarray) -> float:
         spent["evals"] += 1
@@ -259,25 +268,64 @@ def optimize(
         spent["nfe"] += nfe
         return rms
 
-    theta0 = log_snr_parameters(sde, init_grid)
-    theta0 = theta0 - theta0.mean()
-    initial_rms = objective(theta0)
-    modes = smooth_modes(steps, basis)  # θ = θ0 + modes @ c
-    dim = modes.shape[1]
-    options = {"maxfev": max_evals - 1, "xtol": 1e-3, "ftol": 1e-4} if search == "powell" else \
-        {"maxfev": max_evals - 1, "xatol": 1e-3, "fatol": 1e-6 * initial_rms, "adaptive": True,
-         # scipy's default simplex around c = 0 has edges of 2.5e-4: far too small to leave the start
-         "initial_simplex": np.vstack([np.zeros(dim), NELDER_MEAD_EDGE * np.eye(dim)])}
-    best_theta, best_rms = theta0, initial_rms
-    if dim:
-        result = minimize(lambda c: objective(theta0 + modes @ c), np.zeros(dim), method=SCIPY_METHODS[search],
-                          options=options)
-        if float(result.fun) < initial_rms:
-            best_theta, best_rms = theta0 + modes @ result.x, float(result.fun)
+    best_theta, best_rms, initial_rms = _search(objective, theta0, basis, search, max_evals)
     grid = log_snr_grid(sde, best_theta)
     if not return_info:
         return grid
     info = GridOptimizationInfo(initial_rms, best_rms, spent["evals"], spent["nfe"], reference_nfe,
+                                time.perf_counter() - start, x_T)
+    return grid, info
+
+
+def _search(objective: Callable[[np.ndarray], float], theta0: np.ndarray, basis: Optional[int], search: str,
+            max_evals: int) -> Tuple[np.ndarray, float, float]:
+    """(best θ, its objective, the objective at θ0): scipy's ``search`` over θ = θ0 + modes @ c from c = 0."""
+    from scipy.optimize import minimize
+
+    initial = objective(theta0)
+    modes = smooth_modes(len(theta0), basis)
+    dim = modes.shape[1]
+    options = {"maxfev": max_evals - 1, "xtol": 1e-3, "ftol": 1e-4} if search == "powell" else \
+        {"maxfev": max_evals - 1, "xatol": 1e-3, "fatol": 1e-6 * initial, "adaptive": True,
+         # scipy's default simplex around c = 0 has edges of 2.5e-4: far too small to leave the start
+         "initial_simplex": np.vstack([np.zeros(dim), NELDER_MEAD_EDGE * np.eye(dim)])}
+    if dim:
+        result = minimize(lambda c: objective(theta0 + modes @ c), np.zeros(dim), method=SCIPY_METHODS[search],
+                          options=options)
+        if float(result.fun) < initial:
+            return theta0 + modes @ result.x, float(result.fun), initial
+    return theta0, initial, initial
+
+
+def _optimize_ays(sampler, model, steps, x_T, target, init_grid, theta0, basis, search, max_evals, generator,
+                  model_kwargs, reference_nfe, start, return_info):
+    """``method="ays"``: the KLUB of :mod:`.grid_klub` on the reference samples ``target`` (the model's x_0), with
+    one fixed pair of forward-process draws per sample; the info's RMS errors are the sampler's pathwise errors."""
+    from .grid_klub import KLUB_NODES, klub_terms
+
+    sde = model.sde
+    x0 = target.double()
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    bridge = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    spent = {"evals": 0}
+
+    def objective(theta: np.ndarray) -> float:
+        spent["evals"] += 1
+        grid = log_snr_grid(sde, theta)
+        if not bool((grid[1:] < grid[:-1]).all()):
+            return float("inf")
+        with torch.no_grad():
+            value = float(klub_terms(model, grid, x0, noise, bridge, model_kwargs=model_kwargs).sum())
+        return value if np.isfinite(value) else float("inf")
+
+    best_theta, _, _ = _search(objective, theta0, basis, search, max_evals)
+    grid = log_snr_grid(sde, best_theta)
+    if not return_info:
+        return grid
+    initial_rms, nfe0 = pathwise_rms(sampler, model, init_grid, x_T, target, model_kwargs)
+    final_rms, nfe1 = pathwise_rms(sampler, model, grid, x_T, target, model_kwargs)
+    klub_nfe = spent["evals"] * 2 * steps * KLUB_NODES  # batched evaluations of the calibration batch's size
+    info = GridOptimizationInfo(initial_rms, final_rms, spent["evals"], klub_nfe + nfe0 + nfe1, reference_nfe,
                                 time.perf_counter() - start, x_T)
     return grid, info
 

@@ -91,7 +91,8 @@ def validate_grid(ts: Tensor, sde: LinearSDE) -> Tensor:
 
 
 def optimize(sampler, model, steps: int, shape: Sequence[int], generator: Optional[torch.Generator] = None, **options) -> Tensor:
-    """A time grid fitted to ``model`` for ``sampler`` at ``steps`` steps (Xue et al. 2024; ``method="gits"``: Chen et al. 2024).
+    """A time grid fitted to ``model`` for ``sampler`` at ``steps`` steps (Xue et al. 2024; ``method="gits"``: Chen
+    et al. 2024; ``method="ays"``: Sabour et al. 2024, Align Your Steps).
 
     ``shape`` = (n_calibration, *sample shape), as ``sample(shape=...)`` takes it: that many calibration x_T are drawn
     from ``generator`` (never use it for the evaluation x_T). The result is an ordinary grid tensor for ``grid=``;
