@@ -11,6 +11,9 @@ denoise, as the problem's own reference). Per sampler and budget the candidate g
   has less room to fit the fit set's tail;
 * ``gits``: GITS's dynamic programme over 120 log-SNR candidates on the fit set's pilot trajectories (Chen et al.
   2024, "On the Trajectory Regularity of ODE-based Diffusion Sampling");
+* ``ays``: Align Your Steps' KLUB (Sabour et al. 2024) on the fit set's reference samples, searched over the same
+  smooth modes as ``smooth``; it depends on the model and the number of steps, not on the sampler, so it is fitted
+  once per (problem, steps) and its cost is counted where it was fitted;
 * the default grids ``log_snr`` and ``karras``,
 
 and the one with the least RMS error on the validation set is used. Per-sample errors are heavy-tailed (a few
@@ -35,7 +38,7 @@ from .solver_methods import FITTED_SUFFIX, Method, ours_factory, ours_fixed_conf
 
 #: the samplers that get a fitted-grid column (labels of :func:`ours_fixed_configs`)
 FITTED_SAMPLERS = ("DDIM", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC-3 bh2", "Heun (EDM)")
-CANDIDATES = ("direct", "smooth", "gits", "log_snr", "karras")
+CANDIDATES = ("direct", "smooth", "gits", "ays", "log_snr", "karras")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,15 @@ def fit_grid(problem: Problem, sampler: FixedStepSampler, settings: CalibrationS
             entry.update(fit_rms=info.final_rms, fit_rms_initial=info.initial_rms, evaluations=info.evaluations,
                          nfe=info.nfe)
             nfe += info.nfe
+        elif name == "ays":
+            cached = problem.extra.setdefault(("ays grid", cal.fit_seed, settings.n_fit), {})
+            if steps not in cached:
+                cached[steps] = optimize(sampler, model, steps, (problem.dim,), torch.Generator().manual_seed(cal.fit_seed),
+                                         n_calibration=settings.n_fit, reference=fit_reference, method="ays",
+                                         max_evals=settings.smooth_max_evals, basis=settings.smooth_basis, return_info=True)
+                entry["nfe"] = cached[steps][1].nfe
+                nfe += entry["nfe"]
+            grids[name] = cached[steps][0]
         elif name == "gits":
             grids[name], entry["nfe"] = gits_grid(model, steps, cal.pilot, cal.candidates)
             nfe += entry["nfe"]

@@ -107,7 +107,9 @@ def _fitted_text(fitted: Sequence[Result]) -> List[str]:
             f"every fit. Candidates per sampler and budget: {', '.join(st['candidates'])} (direct: `grids.optimize`, "
             f"Powell on every log-SNR step share, ≤ {st['max_evals']} sampler runs on the fit draws; smooth: the same on "
             f"{st['smooth_basis']} Legendre modes of the step shares, ≤ {st['smooth_max_evals']} runs; gits: the dynamic "
-            "programme over 120 log-SNR candidates on the fit draws' reference trajectories); the grid with the least "
+            "programme over 120 log-SNR candidates on the fit draws' reference trajectories; ays: Align Your Steps' KLUB on "
+            f"the fit draws' reference samples, {st['smooth_basis']} Legendre modes, one grid per number of steps shared by "
+            "every sampler); the grid with the least "
             "RMS on the validation draws is used.",
             "RMS and median of the per-sample error e_k = sqrt(mean_d (x − x*)²) are on the evaluation x_T; `worst 1 %`: "
             "the share of Σ e_k² carried by the worst 1 % of the samples (near 100 %: a few trajectories that end in "
