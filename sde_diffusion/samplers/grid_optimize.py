@@ -26,7 +26,10 @@ one reference solve and one evaluation per candidate, no search.
 ``method="ays"`` searches the same log-SNR step shares for the least KL-divergence upper bound between the
 reverse SDE and its first-order linearisation on the grid (Align Your Steps, Sabour et al. 2024; see
 :mod:`.grid_klub`), estimated on the calibration draws' reference samples: an objective of the schedule and the
-data alone, the same for every sampler.
+data alone, the same for every sampler. It is the grid for stochastic samplers: on the eight-Gaussian mixture at 5
+steps it cuts the excess cross-entropy of ancestral sampling from 2.4 to 1.2 nats and of SDE-DPM-Solver++ 2M from
+1.2 to 0.5 (best default grid), but for ODE solvers' pathwise error the direct search is the one to use (AYS's grid
+beat the best default there only for UniPC-3 at 5 steps: 0.095 vs 0.15).
 """
 from __future__ import annotations
 
