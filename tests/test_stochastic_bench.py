@@ -124,3 +124,22 @@ def test_bad_arguments_name_the_flag(tmp_path):
     args = SimpleNamespace(quick=True, out=str(tmp_path), seed=0, n2=100, n16=10, samplers="nonesuch", threads=1)
     with pytest.raises(ValueError, match="--samplers"):
         B.run(args, "x", log=lambda *a: None)
+
+
+def test_ays_candidate_is_the_fitted_grid_and_is_fitted_once(target):
+    """grid="ays" runs the sampler on Align Your Steps' grid for that step count (from its own calibration seed), cached
+    with its cost; past AYS_MAX_STEPS the candidate is a recorded failure, not a crash."""
+    setting = B.Setting("ours", "DDPM (ancestral)", "ddpm", {"grid": "ays"}, "ays")
+    model, counter = B.counted_model(target.gmm, target.sde)
+    point = B.measure(setting, target, model, counter, 6, 500, seed=1, energy=False)
+    grid = target.ays_grid(5)
+    assert point["steps"] == 5 and point["nfe"] == 6 and set(target.ays) == {5} and target.ays[5][1]["nfe"] > 100
+    direct = B.Setting("ours", "DDPM (ancestral)", "ddpm", {"grid": grid}, "ays")
+    again = B.measure(direct, target, model, counter, 6, 500, seed=1, energy=False)
+    assert again["dh"] == point["dh"]
+    assert not torch.equal(grid, B.samplers.grids.make_grid("uniform", target.sde, 5))
+    far = B.measure(setting, target, model, counter, B.AYS_MAX_STEPS + 10, 100, seed=1, energy=False)
+    assert "AYS" in far["failure"] and far["dh"] == math.inf
+    fams = {f.sampler: f for f in B.families()}
+    for name in ("Euler–Maruyama", "DDPM (ancestral)", "SDE-DPM-Solver++(2M)"):
+        assert any(c.options.get("grid") == "ays" for c in fams[name].candidates)

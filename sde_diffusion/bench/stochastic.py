@@ -14,7 +14,7 @@ Problems: the solver benchmark's exact-score Gaussian mixtures under VPSDE(0.1, 
   of the data density) and the energy distance to draws of q* (O(n²), so on a subsample).
 * Noise floor: the same metrics for fresh draws of q* of the same size, repeated; |ΔH| within a few floor sd of 0
   is indistinguishable from exact sampling.
-* Tuning: per NFE budget each sampler's free knobs (grid; SDE-DPM-Solver++ η; EDM churn γ = S_churn/N, its σ̃ window and
+* Tuning: per NFE budget each sampler's free knobs (grid, Align Your Steps' KLUB grid among them; SDE-DPM-Solver++ η; EDM churn γ = S_churn/N, its σ̃ window and
   S_noise; the predictor–corrector's snr and predictor; k-diffusion's schedule and η) are chosen by |ΔH| on a
   calibration seed (every candidate on a quarter of the samples, the best two on all of them); the chosen setting
   and the sampler's default are then scored on a different seed.
@@ -30,7 +30,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -43,6 +43,7 @@ from .._io import atomic_path, write_text
 from ..data.gmm import GaussianMixture, eight_gaussians
 from ..metrics import Estimate, cross_entropy, energy_distance, excess_cross_entropy
 from ..model import ScoreModel
+from ..samplers.grid_optimize import optimize
 from ..sde import VPSDE, LinearSDE
 from . import peers
 from ._standalone import entry_points, jsonable, machine, torch_threads
@@ -59,6 +60,9 @@ FINALISTS = 2
 NOISE_SEED_OFFSET = 10_000  #: the sampler noise seed is the x_T seed + this
 ADAPTIVE_TOLERANCES = ((1e-1, 1e-2), (5e-2, 5e-3), (2e-2, 2e-3), (1e-2, 1e-3))
 QUICK_ADAPTIVE_TOLERANCES = ((1e-1, 1e-2),)
+#: the "ays" grid candidate: ``grids.optimize(method="ays")`` on AYS_CALIBRATION prior draws from seed AYS_SEED (never
+#: an evaluation or noise seed), 4 smooth modes, ≤ 100 KLUB evaluations; fitted up to AYS_MAX_STEPS steps
+AYS_CALIBRATION, AYS_SEED, AYS_MAX_STEPS = 256, 20_011, 50
 #: a margin counts when it exceeds this many floor sd (the difference of two independent estimates has sd √2·floor)
 SIGNIFICANT = 3.0
 
@@ -133,6 +137,7 @@ class Target:
     entropy: Estimate = Estimate(0.0, 0.0)
     occupancy: Optional[Tensor] = None
     energy_reference: Optional[Tensor] = None
+    ays: Dict[int, Tuple[Tensor, Dict[str, float]]] = field(default_factory=dict)  #: steps → (AYS grid, its cost)
 
     @property
     def dim(self) -> int:
@@ -149,6 +154,15 @@ class Target:
         x_eps = alpha * x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
         score = MixtureScore(self.gmm, self.sde)
         return torch.cat([(x + sigma**2 * score(x, eps)) / alpha for x in x_eps.split(50_000)])
+
+    def ays_grid(self, steps: int) -> Tensor:
+        """Align Your Steps' grid for the exact model at ``steps`` steps (fitted once; its cost kept in ``self.ays``)."""
+        if steps not in self.ays:
+            grid, info = optimize(samplers.DDIM(steps=steps), self.gmm.score_model(self.sde), steps, (self.dim,),
+                                  generator=torch.Generator().manual_seed(AYS_SEED), n_calibration=AYS_CALIBRATION,
+                                  method="ays", basis=4, max_evals=100, return_info=True)
+            self.ays[steps] = grid, {"nfe": info.nfe, "seconds": info.seconds}
+        return self.ays[steps][0]
 
     def score(self, x: Tensor, energy: bool = True) -> Dict[str, float]:
         """ΔH = E_q[−log p] − E_q*[−log p] ± se (nats), the mode-weight TV ½ Σ_k |E_q r_k − E_q* r_k| and (if
@@ -237,7 +251,7 @@ def _window(lo: float, hi: float) -> str:
 def families(quick: bool = False, only: Optional[Sequence[str]] = None) -> List[Family]:
     """Our stochastic samplers, k-diffusion's, and two ODE solvers as references (not tuned); ``quick``: 3 candidates
     each; ``only``: the samplers whose display name contains one of these strings (case-insensitive)."""
-    grids = ("uniform", "quadratic", "log_snr", "karras")
+    grids = ("uniform", "quadratic", "log_snr", "karras", "ays")
     out: List[Family] = []
 
     def family(sampler: str, name: str, default: Dict[str, Any], space: List[Dict[str, Any]], label: Callable,
@@ -250,7 +264,7 @@ def families(quick: bool = False, only: Optional[Sequence[str]] = None) -> List[
         family(sampler, name, {"grid": "uniform"}, [{"grid": g} for g in grids], lambda o: o["grid"])
     for order in (2, 3):
         family(f"SDE-DPM-Solver++({order}M)", "dpm_solver", {"order": order, "eta": 1.0, "grid": "log_snr"},
-               [{"order": order, "eta": eta, "grid": g} for eta in (1.0, 0.75, 0.5, 0.25) for g in ("log_snr", "karras", "quadratic")],
+               [{"order": order, "eta": eta, "grid": g} for eta in (1.0, 0.75, 0.5, 0.25) for g in ("log_snr", "karras", "quadratic", "ays")],
                lambda o: f"η={o['eta']:g}, {o['grid']}")
     edm = {"s_churn": 40.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.003}  # EDM's ImageNet-64 setting (Karras et al. 2022, Table 5)
     churn = [{"churn_per_step": g, "s_tmin": lo, "s_tmax": hi, "s_noise": 1.0}
@@ -309,8 +323,13 @@ def measure(setting: Setting, target: Target, model: ScoreModel, counter: CallCo
     while steps >= 1:
         start, before = time.perf_counter(), counter.calls
         point.update(steps=steps, label=setting.label)
+        run = setting
+        if setting.options.get("grid") == "ays":
+            if steps > AYS_MAX_STEPS:
+                return _failed(point, f"AYS grids are fitted up to {AYS_MAX_STEPS} steps")
+            run = replace(setting, options=dict(setting.options, grid=target.ays_grid(steps)))
         try:
-            x = draw(setting, model, target.dim, steps, n, seed)
+            x = draw(run, model, target.dim, steps, n, seed)
         except Exception as exc:  # noqa: BLE001 — a diverging sampler is a finding
             return _failed(point, f"{type(exc).__name__}: {exc}")
         point.update(nfe=counter.calls - before, seconds=time.perf_counter() - start)
@@ -544,6 +563,11 @@ def markdown_report(report: Dict[str, Any]) -> str:
                       f"(sampler, NFE) cells; of those, {s['better']} are better by > {SIGNIFICANT:g} floor sd and {s['worse']} worse by "
                       f"> {SIGNIFICANT:g} floor sd.", "",
                   "### Tuned settings (held-out seed)", ""] + _table(res, budgets, "tuned")
+        ays = res.get("ays_calibration") or {}
+        if ays:
+            lines += ["", f"AYS grids (`grids.optimize(method=\"ays\")`, {AYS_CALIBRATION} prior draws from seed {AYS_SEED}, one per "
+                          "step count, shared by the samplers; cost not in the NFE columns): " + ", ".join(
+                              f"{k} steps {v['nfe']} NFE / {v['seconds']:.1f} s" for k, v in ays.items()) + "."]
         lines += ["", "### Default settings (held-out seed)", ""] + _table(res, budgets, "default")
         lines += ["", "### Chosen knobs", ""] + _settings_table(res, budgets)
         lines += ["", "### Checks: mode weights and energy distance", ""] + _checks_table(res, budgets)
@@ -641,7 +665,8 @@ def _run(args: argparse.Namespace, command: str, log) -> Dict[str, Any]:
         res = run_target(target, budgets, n, args.seed, quick, log, floor_repeats=4 if quick else FLOOR_REPEATS, only=only)
         report["problems"][name] = dict(res, description=target.description, n=n, dim=target.dim, budgets=list(budgets),
                                         entropy=target.entropy._asdict(), reference=target.reference._asdict(),
-                                        denoise_shift=target.reference.value - target.entropy.value, sde=repr(target.sde))
+                                        denoise_shift=target.reference.value - target.entropy.value, sde=repr(target.sde),
+                                        ays_calibration={steps: info for steps, (_, info) in sorted(target.ays.items())})
     kd_version = None
     if peers.k_diffusion_available():
         from importlib.metadata import PackageNotFoundError, version
