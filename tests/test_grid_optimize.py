@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import sde_diffusion as sd
 from sde_diffusion.data.gmm import GaussianMixture, eight_gaussians
 from sde_diffusion.samplers import DDIM, DPMSolver, UniPC
-from sde_diffusion.samplers.grid_klub import KLUB_NODES, denoiser, klub_terms
+from sde_diffusion.interop import to_kdiffusion
+from sde_diffusion.samplers.grid_klub import KLUB_NODES, klub_terms
 from sde_diffusion.samplers.grid_optimize import (
     gits_grid, log_snr_grid, log_snr_parameters, optimize, pathwise_rms, reference_flow,
 )
@@ -235,11 +236,11 @@ def test_klub_estimate_matches_its_closed_form_on_gaussian_data():
     # 4 Gauss–Legendre nodes are already converged against 12 on the same draws
     np.testing.assert_allclose(klub_terms(model, grid, x0, noise, bridge, nodes=4).numpy(),
                                klub_terms(model, grid, x0, noise, bridge, nodes=12).numpy(), rtol=1e-3)
-    # the denoiser in VE variables is a(σ̃) x̃ for this data
+    # the denoiser KLUB evaluates, in VE variables, is a(σ̃) x̃ for this data
     log_sigma = torch.tensor([-2.0, 0.0, 1.5], dtype=F64)
     x_tilde = torch.randn(3, GAUSS_DIM, generator=g, dtype=F64)
     a = GAUSS_C**2 / (GAUSS_C**2 + torch.exp(2 * log_sigma))
-    torch.testing.assert_close(denoiser(model, x_tilde, log_sigma), a[:, None] * x_tilde, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(to_kdiffusion(model)(x_tilde, log_sigma.exp()), a[:, None] * x_tilde, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("steps", [5, 10])

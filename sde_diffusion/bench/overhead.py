@@ -22,9 +22,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,7 +32,7 @@ from ._standalone import entry_points, torch_threads
 from .._io import write_text
 from ..model import ScoreModel
 from ..samplers.grids import make_grid
-from ..samplers.unipc import _weights as unipc_weights
+from ..samplers.unipc import _weights as unipc_weights, solve
 from ..sde import VPSDE, LinearSDE, randn
 
 TARGET_RATIO = 1.1
@@ -139,12 +138,6 @@ def hand_dpm_solver_2m(net, sde, x, steps, generator, grid="log_snr", lower_orde
     return _denoise(net, x, s)
 
 
-def _unipc_weights(rks: Sequence[float], h: float, order: int):
-    """UniPC bh2 (data prediction): R, b, B(h), hφ₁ (Zhao et al. 2023, eq. 12), from the sampler's own module."""
-    R, b, b_h, h_phi_1 = unipc_weights(rks, h, order, "bh2")
-    return np.array(R), np.array(b), b_h, h_phi_1
-
-
 def hand_unipc(net, sde, x, steps, generator, grid="log_snr", order=3, lower_order_final=True):
     """UniPC-p bh2 with the UniC corrector; all scalar weights precomputed in float64 before the loop."""
     s = Schedule(sde, make_grid(grid, sde, steps))
@@ -158,11 +151,11 @@ def hand_unipc(net, sde, x, steps, generator, grid="log_snr", order=3, lower_ord
     def weights(i_start: int, i_end: int, k: int, corrector: bool):
         h = s.lam[i_end] - s.lam[i_start]
         rks = [(s.lam[i_start - j] - s.lam[i_start]) / h for j in range(1, k)] + [1.0]
-        R, b, b_h, h_phi_1 = _unipc_weights(rks, h, k)
+        R, b, b_h, h_phi_1 = unipc_weights(rks, h, k, "bh2")
         if corrector:
-            rhos = [0.5] if k == 1 else np.linalg.solve(R, b).tolist()
+            rhos = [0.5] if k == 1 else solve(R, b)
         else:
-            rhos = [] if k == 1 else ([0.5] if k == 2 else np.linalg.solve(R[:-1, :-1], b[:-1]).tolist())
+            rhos = [] if k == 1 else ([0.5] if k == 2 else solve([row[:-1] for row in R[:-1]], b[:-1]))
         return rks[:-1], rhos, b_h, h_phi_1
 
     pred = [weights(i, i + 1, orders[i], False) for i in range(s.n)]

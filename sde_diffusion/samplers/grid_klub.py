@@ -23,19 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..interop import KDiffusionDenoiser
 from ..model import ScoreModel
 
 #: Gauss–Legendre nodes per interval of the KLUB estimate
 KLUB_NODES = 4
-
-
-def denoiser(model: ScoreModel, x_tilde: Tensor, log_sigma_tilde: Tensor,
-             model_kwargs: Optional[Dict[str, Any]] = None) -> Tensor:
-    """D(x̃, σ̃) = x̂_0(α x̃, t) at t = t(λ = −log σ̃), one σ̃ per row (float64)."""
-    sde = model.sde
-    t = sde._t_of_log_snr(-log_sigma_tilde).clamp(sde.eps, sde.T)
-    alpha = sde._log_alpha(t).exp().reshape(-1, *([1] * (x_tilde.dim() - 1)))
-    return model._predict(alpha * x_tilde, t, model_kwargs).x0.double()
 
 
 def klub_terms(model: ScoreModel, grid: Tensor, x0: Tensor, noise: Tensor, bridge_noise: Tensor,
@@ -56,8 +48,10 @@ def klub_terms(model: ScoreModel, grid: Tensor, x0: Tensor, noise: Tensor, bridg
     x_i = x_sigma + (sigma_i**2 - sigma**2).clamp_min(0).sqrt() * bridge_noise
     rows = lambda v: v.reshape(steps * nodes * n, *x0.shape[1:])  # noqa: E731
     per_row = lambda v: v.reshape(steps, nodes, 1).expand(steps, nodes, n).reshape(-1)  # noqa: E731
-    gap = denoiser(model, rows(x_sigma), per_row(u), model_kwargs) - \
-        denoiser(model, rows(x_i), per_row(hi.expand_as(u)), model_kwargs)
+    denoise = KDiffusionDenoiser(model)  # D(x̃, σ̃) = x̂_0(α x̃, t(σ̃))
+    kwargs = model_kwargs or {}
+    gap = denoise(rows(x_sigma), per_row(u).exp(), **kwargs) - \
+        denoise(rows(x_i), per_row(hi.expand_as(u)).exp(), **kwargs)
     mean_square = gap.reshape(steps, nodes, -1).pow(2).mean(2)  # (steps, nodes)
     return (weight * mean_square).sum(1)
 

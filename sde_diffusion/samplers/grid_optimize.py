@@ -255,12 +255,12 @@ def optimize(
         if not torch.isfinite(target).all():
             raise ValueError("reference(x_T) contains NaN or Inf")
 
-    spent = {"nfe": 0, "evals": 0}
     theta0 = log_snr_parameters(sde, init_grid)
     theta0 = theta0 - theta0.mean()
     if method == "ays":
         return _optimize_ays(sampler, model, steps, x_T, target, init_grid, theta0, basis, search, max_evals,
                              generator, model_kwargs, reference_nfe, start, return_info)
+    spent = {"nfe": 0, "evals": 0}
 
     def objective(theta: np.ndarray) -> float:
         spent["evals"] += 1
